@@ -1,0 +1,28 @@
+# batchscale: how batch size and learning-rate scaling change neural-network training.
+#
+#   snakemake --cores 4                                 # the default study -> reports/report.html
+#   snakemake --cores 4 --configfile config/tiny.yaml   # the same DAG in seconds
+#
+# Each rule calls one `batchscale` subcommand; the logic lives in src/batchscale/.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "params.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/timing.smk"
+include: "workflow/rules/aggregate.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        "reports/report.html",
+        "reports/claims.csv",
+        "reports/metrics.json",

@@ -1,0 +1,5 @@
+import sys
+
+from batchscale.cli import main
+
+sys.exit(main())

@@ -1,0 +1,97 @@
+"""Collect the runs' outputs into tidy tables under reports/tables/."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from batchscale.io import write_csv_atomic
+
+# A cell's validation loss has "passed its minimum" when the minimum came before the last
+# epoch and the loss has since risen by more than this fraction of it.
+MIN_PASSED_RISE = 0.01
+
+
+def read_histories(run_dirs: list[Path]) -> pd.DataFrame:
+    """All runs' history.csv files in one tidy frame, one row per (rule, batch, seed, epoch)."""
+    frames = [pd.read_csv(Path(d) / "history.csv") for d in run_dirs]
+    history = pd.concat(frames, ignore_index=True)
+    return history.sort_values(["rule", "batch_size", "seed", "epoch"], ignore_index=True)
+
+
+def run_summaries(history: pd.DataFrame, seconds_per_epoch: pd.Series) -> pd.DataFrame:
+    """One row per run (rule, batch size, seed): the quantities the claims are decided on.
+
+    `seconds_per_epoch` maps batch size to the timing rule's median seconds per epoch (all
+    threads, machine to itself); time to the minimum is the epochs it took times that.
+    """
+    trained = history[history["epoch"] > 0]
+    rows = []
+    for (rule, batch_size, seed), run in trained.groupby(["rule", "batch_size", "seed"]):
+        run = run.sort_values("epoch")
+        finite = run[np.isfinite(run["val_loss"]) & ~run["diverged"].astype(bool)]
+        diverged = run.loc[run["diverged"].astype(bool), "epoch"]
+        row = {
+            "rule": rule,
+            "batch_size": batch_size,
+            "seed": seed,
+            "lr": run["lr"].iloc[-1],
+            "epochs": int(run["epoch"].max()),
+            "diverged_epoch": int(diverged.min()) if len(diverged) else -1,
+        }
+        if len(finite):
+            best = finite.loc[finite["val_loss"].idxmin()]
+            last = finite.iloc[-1]
+            row.update(
+                min_val_loss=best["val_loss"],
+                best_epoch=int(best["epoch"]),
+                val_acc_at_best=best["val_acc"],
+                train_loss_auc=finite["train_loss"].mean(),
+                final_train_loss=last["train_loss"],
+                dist_final=last["dist_from_init"],
+                dist_best=best["dist_from_init"],
+                mean_update_norm=finite["update_norm"].mean(),
+                min_passed=bool(
+                    best["epoch"] < last["epoch"]
+                    and last["val_loss"] > best["val_loss"] * (1 + MIN_PASSED_RISE)
+                ),
+            )
+            row["time_to_min_s"] = row["best_epoch"] * seconds_per_epoch.get(batch_size, np.nan)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def read_timings(timing_files: list[Path]) -> pd.DataFrame:
+    if not timing_files:
+        return pd.DataFrame(columns=["batch_size", "threads", "repeat", "epoch_seconds"])
+    frames = [pd.read_csv(f) for f in timing_files]
+    return pd.concat(frames, ignore_index=True).sort_values(["batch_size", "threads", "repeat"])
+
+
+def seconds_per_epoch(timing: pd.DataFrame) -> pd.Series:
+    """Median seconds per epoch by batch size, at the most threads that were timed."""
+    if timing.empty:
+        return pd.Series(dtype=float)
+    most = timing[timing["threads"] == timing["threads"].max()]
+    return most.groupby("batch_size")["epoch_seconds"].median()
+
+
+def mean_curves(history: pd.DataFrame) -> pd.DataFrame:
+    """Mean over seeds per (rule, batch size, epoch): the learning curves DVC plots."""
+    cols = ["train_loss", "val_loss", "val_acc"]
+    curves = history.groupby(["rule", "batch_size", "epoch"], as_index=False)[cols].mean()
+    curves.insert(0, "cell", curves["rule"] + "_bs" + curves["batch_size"].astype(str))
+    return curves
+
+
+def aggregate(run_dirs: list[Path], timing_files: list[Path], tables_dir: Path) -> None:
+    """Write history.csv, runs.csv, timing.csv and curves.csv under `tables_dir`."""
+    history = read_histories(run_dirs)
+    timing = read_timings(timing_files)
+    runs = run_summaries(history, seconds_per_epoch(timing))
+    write_csv_atomic(tables_dir / "history.csv", history)
+    write_csv_atomic(tables_dir / "runs.csv", runs)
+    write_csv_atomic(tables_dir / "timing.csv", timing)
+    write_csv_atomic(tables_dir / "curves.csv", mean_curves(history))

@@ -1,0 +1,374 @@
+"""The article's claims C1-C12, each decided from the measurements by a written rule.
+
+Nothing here fixes a verdict: every one comes out of `stats.sign_verdict` / `stats.combine`
+applied to a bootstrap interval over seeds. A claim the grid cannot test is `not tested`;
+one with too few seeds or batch sizes is `inconclusive`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+
+from batchscale import stats
+from batchscale.stats import Estimate
+
+COLUMNS = [
+    "claim_id", "claim", "metric", "expected", "observed", "ci_low", "ci_high",
+    "n_seeds", "verdict", "rule", "article", "summary",
+]  # fmt: skip
+
+TREND_RULE = (
+    "Spearman's rho between batch size and the metric within each seed, averaged over seeds; "
+    "{conf:.0%} bootstrap CI over seeds. Reproduced if the CI lies wholly {side} 0, not "
+    "reproduced if wholly on the other side, else inconclusive."
+)
+
+# C8: how small "small" is, relative to the smallest batch's minimum validation loss.
+SMALL_GAP = 0.10
+# C7: "most of the gap" means more than this fraction of it.
+MOST_OF_GAP = 0.5
+
+CLAIM_TEXT = {
+    "C1": "The larger the batch, the slower the training loss decreases.",
+    "C2": "The larger the batch, the higher the minimum validation loss.",
+    "C3": "The larger the batch, the less time each epoch takes.",
+    "C4": "The larger the batch, the more epochs it takes to reach the minimum validation loss.",
+    "C5": "Small batches converge to flat minimisers, large batches to sharp ones.",
+    "C6": "Small-batch training finds minima farther from the initial weights.",
+    "C7": "The linear scaling rule removes most of the gap between small and large batches.",
+    "C8": "With the scaled LR a slight, small gap remains between the smallest and largest batch.",
+    "C9": "Unscaled, large batches take longer to converge in wall-clock time; scaled, they train faster.",
+    "C10": "Larger batches apply smaller updates, because gradients inside a batch compete.",
+    "C11": "Large batches profit more from parallel hardware.",
+    "C12": "Loss-landscape pictures show the sharp vs flat difference.",
+}
+
+NOT_YET_MEASURED = {
+    "C5": "top Hessian eigenvalue and epsilon-sharpness vs batch size",
+    "C10": "update norm and batch-gradient competition ratio vs batch size",
+    "C11": "throughput at 1 thread vs all threads vs batch size",
+    "C12": "1-D interpolation and filter-normalised slices around each solution",
+}
+
+
+@dataclass
+class ClaimResult:
+    claim_id: str
+    claim: str
+    metric: str
+    expected: str
+    observed: float = math.nan
+    ci_low: float = math.nan
+    ci_high: float = math.nan
+    n_seeds: int = 0
+    verdict: str = stats.NOT_TESTED
+    rule: str = ""
+    article: str = ""
+    summary: str = ""
+
+
+@dataclass(frozen=True)
+class Settings:
+    reps: int
+    confidence: float
+    seed: int
+    min_seeds: int
+
+    @classmethod
+    def from_params(cls, params: dict) -> Settings:
+        s = params["stats"]
+        return cls(s["bootstrap"], s["confidence"], s["seed"], s["min_seeds"])
+
+    def bootstrap(self, table: pd.DataFrame, statistic: Callable[[pd.DataFrame], float]) -> Estimate:
+        return stats.paired_bootstrap(table, statistic, self.reps, self.confidence, self.seed)
+
+    def trend(self, table: pd.DataFrame) -> Estimate:
+        return stats.rank_trend(table, self.reps, self.confidence, self.seed)
+
+
+def _by_seed(runs: pd.DataFrame, rule: str, metric: str) -> pd.DataFrame:
+    """seeds x batch sizes table of `metric` for one scaling rule."""
+    cell = runs[runs["rule"] == rule]
+    return cell.pivot(index="seed", columns="batch_size", values=metric).sort_index(axis=1)
+
+
+def _fmt(est: Estimate) -> str:
+    return f"{est.value:.3g} [{est.ci_low:.3g}, {est.ci_high:.3g}]"
+
+
+def _too_little(table: pd.DataFrame, settings: Settings, min_batches: int = 2) -> str | None:
+    if table.shape[1] < min_batches:
+        return f"needs at least {min_batches} batch sizes, the grid has {table.shape[1]}"
+    if len(table) < settings.min_seeds:
+        return f"needs at least {settings.min_seeds} seeds per cell, has {len(table)}"
+    return None
+
+
+def trend_claim(
+    claim_id: str,
+    runs: pd.DataFrame,
+    metric: str,
+    metric_text: str,
+    expected_sign: int,
+    settings: Settings,
+    rule: str = "none",
+) -> ClaimResult:
+    """A claim that `metric` rises (expected_sign +1) or falls (-1) with batch size."""
+    side = "above" if expected_sign > 0 else "below"
+    result = ClaimResult(
+        claim_id,
+        CLAIM_TEXT[claim_id],
+        f"mean Spearman rho(batch size, {metric_text}), LR rule '{rule}'",
+        f"rho {'>' if expected_sign > 0 else '<'} 0",
+        rule=TREND_RULE.format(conf=settings.confidence, side=side),
+    )
+    if rule not in set(runs["rule"]):
+        result.summary = f"Not tested: the grid has no runs with LR rule '{rule}'."
+        return result
+    table = _by_seed(runs, rule, metric)
+    result.n_seeds = len(table)
+    est = settings.trend(table)
+    result.observed, result.ci_low, result.ci_high = est.value, est.ci_low, est.ci_high
+    problem = _too_little(table, settings)
+    result.verdict = stats.INCONCLUSIVE if problem else stats.sign_verdict(est, expected_sign)
+    means = table.mean()
+    shown = ", ".join(f"B={b}: {v:.3g}" for b, v in means.items())
+    result.summary = f"{metric_text.capitalize()} (mean over seeds) {shown}; rho = {_fmt(est)}." + (
+        f" Inconclusive: {problem}." if problem else ""
+    )
+    return result
+
+
+def timing_claim(timing: pd.DataFrame, settings: Settings) -> ClaimResult:
+    """C3: seconds per epoch fall with batch size (timed alone, all threads)."""
+    result = ClaimResult(
+        "C3",
+        CLAIM_TEXT["C3"],
+        "mean Spearman rho(batch size, seconds per epoch), timed alone on the machine",
+        "rho < 0",
+        rule=TREND_RULE.format(conf=settings.confidence, side="below")
+        + " Resamples are timing repeats rather than seeds.",
+    )
+    if timing.empty:
+        result.summary = "Not tested: no timing measurements."
+        return result
+    most = timing[timing["threads"] == timing["threads"].max()]
+    table = most.pivot(index="repeat", columns="batch_size", values="epoch_seconds")
+    result.n_seeds = len(table)
+    est = settings.trend(table)
+    result.observed, result.ci_low, result.ci_high = est.value, est.ci_low, est.ci_high
+    problem = _too_little(table, settings)
+    result.verdict = stats.INCONCLUSIVE if problem else stats.sign_verdict(est, -1)
+    medians = table.median()
+    shown = ", ".join(f"B={b}: {v * 1000:.0f} ms" for b, v in medians.items())
+    result.summary = f"Median seconds per epoch {shown}; rho = {_fmt(est)}."
+    return result
+
+
+def _gap_tables(runs: pd.DataFrame) -> tuple[pd.DataFrame, int, int] | None:
+    """seeds x (none@Bmin, none@Bmax, linear@Bmin, linear@Bmax) min validation losses."""
+    rules = set(runs["rule"])
+    if not {"none", "linear"} <= rules:
+        return None
+    sizes = sorted(runs["batch_size"].unique())
+    if len(sizes) < 2:
+        return None
+    small, large = sizes[0], sizes[-1]
+    table = pd.DataFrame(
+        {
+            f"{rule}@{b}": _by_seed(runs, rule, "min_val_loss")[b]
+            for rule in ("none", "linear")
+            for b in (small, large)
+        }
+    )
+    return table, small, large
+
+
+def gap_closed(table: pd.DataFrame, small: int, large: int) -> float:
+    """Fraction of the unscaled large-vs-small gap in min validation loss that scaling closes."""
+    m = table.mean()
+    gap = m[f"none@{large}"] - m[f"none@{small}"]
+    if gap <= 0:
+        return float("nan")
+    return float((m[f"none@{large}"] - m[f"linear@{large}"]) / gap)
+
+
+def relative_scaled_gap(table: pd.DataFrame, small: int, large: int) -> float:
+    """(scaled large-batch loss - scaled small-batch loss) / scaled small-batch loss."""
+    m = table.mean()
+    return float(m[f"linear@{large}"] / m[f"linear@{small}"] - 1)
+
+
+def gap_claims(runs: pd.DataFrame, settings: Settings) -> list[ClaimResult]:
+    """C7 (most of the gap closed) and C8 (a slight gap remains)."""
+    c7 = ClaimResult(
+        "C7",
+        CLAIM_TEXT["C7"],
+        "fraction of the unscaled min-val-loss gap (largest vs smallest batch) closed by linear scaling",
+        f"> {MOST_OF_GAP}",
+        rule=f"Paired bootstrap CI over seeds. Reproduced if the CI lies wholly above {MOST_OF_GAP}, "
+        f"not reproduced if wholly below, else inconclusive (also when there is no unscaled gap to close).",
+        article="0.86 (0.395 -> 0.352 vs 0.345)",
+    )
+    c8 = ClaimResult(
+        "C8",
+        CLAIM_TEXT["C8"],
+        "relative gap in min val loss, linear rule: largest / smallest batch - 1",
+        f"> 0 and < {SMALL_GAP}",
+        rule=f"Paired bootstrap CI over seeds. Reproduced if the CI lies wholly within (0, {SMALL_GAP}); "
+        f"not reproduced if wholly below 0 or wholly above {SMALL_GAP}; else inconclusive.",
+        article="0.026 (0.352 vs 0.343)",
+    )
+    found = _gap_tables(runs)
+    if found is None:
+        for c in (c7, c8):
+            c.summary = "Not tested: needs rules 'none' and 'linear' and at least two batch sizes."
+        return [c7, c8]
+    table, small, large = found
+    m = table.mean()
+    for c in (c7, c8):
+        c.n_seeds = len(table)
+    problem = _too_little(table, settings, min_batches=1)
+
+    est7 = settings.bootstrap(table, lambda t: gap_closed(t, small, large))
+    c7.observed, c7.ci_low, c7.ci_high = est7.value, est7.ci_low, est7.ci_high
+    c7.verdict = stats.INCONCLUSIVE if problem else stats.sign_verdict(est7, +1, MOST_OF_GAP)
+    c7.summary = (
+        f"Min val loss B={small}: {m[f'none@{small}']:.3f}; B={large} unscaled {m[f'none@{large}']:.3f}, "
+        f"scaled {m[f'linear@{large}']:.3f}: {_fmt(est7)} of the gap closed (article: 0.86)."
+    )
+    if not math.isfinite(est7.value):
+        c7.summary += " The unscaled large batch is not worse here, so there is no gap to close."
+
+    est8 = settings.bootstrap(table, lambda t: relative_scaled_gap(t, small, large))
+    c8.observed, c8.ci_low, c8.ci_high = est8.value, est8.ci_low, est8.ci_high
+    above_zero = stats.sign_verdict(est8, +1, 0.0)
+    below_small = stats.sign_verdict(est8, -1, SMALL_GAP)
+    c8.verdict = stats.INCONCLUSIVE if problem else stats.combine([above_zero, below_small])
+    c8.summary = (
+        f"Scaled LR: min val loss B={small} {m[f'linear@{small}']:.3f} vs B={large} "
+        f"{m[f'linear@{large}']:.3f}, relative gap {_fmt(est8)} (article: 0.026)."
+    )
+    return [c7, c8]
+
+
+def wallclock_claim(runs: pd.DataFrame, settings: Settings) -> ClaimResult:
+    """C9: time to the minimum rises with batch size unscaled and falls with it scaled."""
+    result = ClaimResult(
+        "C9",
+        CLAIM_TEXT["C9"],
+        "mean Spearman rho(batch size, wall-clock seconds to min val loss), linear rule "
+        "(the 'none' rule's rho is in the summary)",
+        "rho > 0 unscaled and rho < 0 scaled",
+        rule=TREND_RULE.format(conf=settings.confidence, side="above/below")
+        + " Both parts must hold; time = epoch of the minimum x timed seconds per epoch.",
+    )
+    if not {"none", "linear"} <= set(runs["rule"]) or runs["time_to_min_s"].isna().all():
+        result.summary = "Not tested: needs rules 'none' and 'linear' and epoch timings."
+        return result
+    parts = {}
+    for rule, sign in (("none", +1), ("linear", -1)):
+        table = _by_seed(runs, rule, "time_to_min_s")
+        est = settings.trend(table)
+        problem = _too_little(table, settings)
+        parts[rule] = (est, stats.INCONCLUSIVE if problem else stats.sign_verdict(est, sign), table)
+    est, _, table = parts["linear"]
+    result.observed, result.ci_low, result.ci_high = est.value, est.ci_low, est.ci_high
+    result.n_seeds = len(table)
+    result.verdict = stats.combine([parts["none"][1], parts["linear"][1]])
+    pieces = []
+    for rule, (est_r, verdict_r, table_r) in parts.items():
+        means = ", ".join(f"B={b}: {v:.1f}s" for b, v in table_r.mean().items())
+        pieces.append(f"{rule}: {means}; rho = {_fmt(est_r)} ({verdict_r})")
+    result.summary = "Seconds to min val loss, " + " | ".join(pieces) + "."
+    return result
+
+
+def not_tested(claim_id: str) -> ClaimResult:
+    return ClaimResult(
+        claim_id,
+        CLAIM_TEXT[claim_id],
+        NOT_YET_MEASURED[claim_id],
+        "",
+        rule="The pipeline does not measure this yet.",
+        summary=f"Not tested: this version does not measure {NOT_YET_MEASURED[claim_id]}.",
+    )
+
+
+def decide_all(runs: pd.DataFrame, timing: pd.DataFrame, params: dict) -> pd.DataFrame:
+    """Every claim C1-C12 with its statistic, interval and verdict, in claim order."""
+    settings = Settings.from_params(params)
+    results = {
+        "C1": trend_claim("C1", runs, "train_loss_auc", "mean training loss over epochs", +1, settings),
+        "C2": trend_claim("C2", runs, "min_val_loss", "minimum validation loss", +1, settings),
+        "C3": timing_claim(timing, settings),
+        "C4": trend_claim("C4", runs, "best_epoch", "epoch of minimum validation loss", +1, settings),
+        "C6": trend_claim("C6", runs, "dist_final", "L2 distance of final weights from init", -1, settings),
+        "C9": wallclock_claim(runs, settings),
+    }
+    results.update({c.claim_id: c for c in gap_claims(runs, settings)})
+    for claim_id in NOT_YET_MEASURED:
+        results[claim_id] = not_tested(claim_id)
+    unpassed = runs[~runs["min_passed"].fillna(False).astype(bool)]
+    if len(unpassed) and "C4" in results:
+        cells = sorted({f"{r}/bs{b}" for r, b in zip(unpassed["rule"], unpassed["batch_size"], strict=True)})
+        results["C4"].summary += (
+            f" {len(unpassed)} runs ({', '.join(cells)}) had not passed their minimum by the last "
+            "epoch: their epoch of the minimum is a lower bound."
+        )
+    ordered = [asdict(results[f"C{i}"]) for i in range(1, 13)]
+    return pd.DataFrame(ordered, columns=COLUMNS)
+
+
+def article_comparison(runs: pd.DataFrame, settings: Settings) -> pd.DataFrame:
+    """C7/C8 side by side: the article's numbers and ours, with CIs over seeds."""
+    found = _gap_tables(runs)
+    if found is None:
+        return pd.DataFrame(columns=["quantity", "article", "ours", "ci_low", "ci_high"])
+    table, small, large = found
+    rows = [
+        (f"min val loss, B={small}, LR unscaled", 0.345, f"none@{small}"),
+        (f"min val loss, B={large}, LR unscaled", 0.395, f"none@{large}"),
+        (f"min val loss, B={large}, LR scaled (linear)", 0.352, f"linear@{large}"),
+        (f"min val loss, B={small}, LR scaled (linear)", 0.343, f"linear@{small}"),
+    ]
+    out = []
+    for label, article, column in rows:
+        est = settings.bootstrap(table, lambda t, c=column: float(t[c].mean()))
+        out.append((label, article, est.value, est.ci_low, est.ci_high))
+    est = settings.bootstrap(table, lambda t: gap_closed(t, small, large))
+    out.append(("fraction of the gap closed by scaling", 0.86, est.value, est.ci_low, est.ci_high))
+    est = settings.bootstrap(table, lambda t: relative_scaled_gap(t, small, large))
+    out.append(
+        ("relative gap remaining, scaled LR", round(0.352 / 0.343 - 1, 3), est.value, est.ci_low, est.ci_high)
+    )
+    return pd.DataFrame(out, columns=["quantity", "article", "ours", "ci_low", "ci_high"])
+
+
+def headline_metrics(claims: pd.DataFrame, runs: pd.DataFrame) -> dict:
+    """reports/metrics.json: the numbers `dvc metrics show` and `dvc exp show` list."""
+    metrics: dict = {"claims": {}, "min_val_loss": {}, "verdicts": {}}
+    for row in claims.itertuples():
+        if row.verdict == stats.NOT_TESTED:
+            continue
+        metrics["claims"][row.claim_id] = {
+            "observed": _finite_or_none(row.observed),
+            "ci_low": _finite_or_none(row.ci_low),
+            "ci_high": _finite_or_none(row.ci_high),
+            "reproduced": int(row.verdict == stats.REPRODUCED),
+        }
+    cell_means = runs.groupby(["rule", "batch_size"])["min_val_loss"].mean()
+    for (rule, batch_size), value in cell_means.items():
+        metrics["min_val_loss"][f"{rule}_bs{batch_size}"] = round(float(value), 5)
+    for verdict in stats.VERDICTS:
+        metrics["verdicts"][verdict.replace(" ", "_")] = int((claims["verdict"] == verdict).sum())
+    return metrics
+
+
+def _finite_or_none(value: float) -> float | None:
+    return float(value) if np.isfinite(value) else None

@@ -1,0 +1,287 @@
+"""The `batchscale` command: one subcommand per workflow step (each Snakemake rule calls one).
+
+Every subcommand reads its parameters with `--params` (a YAML file, or an inline JSON
+mapping as the workflow passes it; repeat to layer files) and validates them before doing
+any work. Bad input ends with one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+from batchscale import __version__
+from batchscale.config import ConfigError, deep_merge, read_yaml, validate
+from batchscale.data import DataError
+
+
+def load_params(sources: list[str]) -> dict:
+    """Merge `--params` values (files or inline JSON mappings), then validate."""
+    merged: dict = {}
+    for source in sources or ["params.yaml"]:
+        if source.lstrip().startswith("{"):
+            try:
+                layer = json.loads(source)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"--params: inline JSON is malformed ({exc})") from None
+        else:
+            layer = read_yaml(source)
+        merged = deep_merge(merged, layer)
+    return validate(merged)
+
+
+def software_versions() -> dict:
+    import numpy
+    import pandas
+    import torch
+
+    return {
+        "batchscale": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "pandas": pandas.__version__,
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+    }
+
+
+def cmd_check(args: argparse.Namespace) -> None:
+    params = load_params(args.params)
+    print(json.dumps(params, indent=2) if args.show else "parameters are valid")
+
+
+def cmd_prepare(args: argparse.Namespace) -> None:
+    from batchscale import data
+
+    params = load_params(args.params)
+    info = data.prepare(params["data"], Path(args.out))
+    print(f"wrote {args.out}: {info['x_train_shape'][0]} train / {info['x_val_shape'][0]} val examples")
+
+
+def _set_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(max(1, threads))
+
+
+def run_identity(params: dict, data_sha: str, rule: str, batch_size: int) -> str:
+    """Hash of everything that determines a run's numbers (device and timings aside)."""
+    train = {k: v for k, v in params["train"].items() if k != "device"}
+    key = {"data": data_sha, "model": params["model"], "train": train, "rule": rule, "batch_size": batch_size}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from batchscale import data, engine
+    from batchscale.io import save_torch_atomic, write_csv_atomic, write_json_atomic
+    from batchscale.scaling import scaled_lr
+
+    params = load_params(args.params)
+    dataset = data.load(Path(args.data))
+    _set_threads(args.threads)
+    train = params["train"]
+    if args.batch_size > len(dataset.x_train):
+        raise ConfigError(
+            f"--batch-size: {args.batch_size} exceeds the training set ({len(dataset.x_train)})"
+        )
+    lr = scaled_lr(args.rule, train["base_lr"], train["base_batch_size"], args.batch_size)
+    spec = engine.TrainSpec(
+        batch_size=args.batch_size,
+        seeds=list(train["seeds"]),
+        lrs=[lr] * len(train["seeds"]),
+        epochs=train["epochs"],
+        momentum=train["momentum"],
+        weight_decay=train["weight_decay"],
+    )
+    device = engine.resolve_device(train["device"])
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    identity = run_identity(params, dataset.sha256, args.rule, args.batch_size)
+    ensemble = engine.Ensemble(params["model"], dataset, spec, device)
+    started = time.perf_counter()
+    state = engine.train(ensemble, checkpoint=out / "checkpoint.pt", identity=identity)
+    history = pd.DataFrame(state.history)
+    history.insert(0, "batch_size", args.batch_size)
+    history.insert(0, "rule", args.rule)
+    save_torch_atomic(
+        out / "weights.pt",
+        {"seeds": spec.seeds, "final": state.params, "best": state.best, "init": state.init,
+         "best_epoch": state.best_epoch.cpu(), "buffers": state.buffers},
+    )  # fmt: skip
+    write_json_atomic(
+        out / "summary.json",
+        {
+            "identity": identity,
+            "rule": args.rule,
+            "batch_size": args.batch_size,
+            "lr": lr,
+            "seeds": spec.seeds,
+            "device": str(device),
+            "threads": args.threads,
+            "train_seconds": time.perf_counter() - started,
+            "diverged_epoch": state.diverged_epoch.tolist(),
+            "params": {k: params[k] for k in ("data", "model", "train")},
+            "versions": software_versions(),
+        },
+    )
+    # history.csv last: it is what marks the run complete for anyone reading the folder.
+    write_csv_atomic(out / "history.csv", history)
+    (out / "checkpoint.pt").unlink(missing_ok=True)
+
+
+def cmd_time(args: argparse.Namespace) -> None:
+    import pandas as pd
+    import torch
+
+    from batchscale import data, engine
+    from batchscale.io import write_csv_atomic
+
+    params = load_params(args.params)
+    dataset = data.load(Path(args.data))
+    train, timing = params["train"], params["timing"]
+    device = engine.resolve_device(train["device"])
+    rows = []
+    for threads in sorted({1, args.threads}):
+        torch.set_num_threads(threads)
+        spec = engine.TrainSpec(
+            batch_size=args.batch_size, seeds=[train["seeds"][0]], lrs=[train["base_lr"]],
+            epochs=1, momentum=train["momentum"], weight_decay=train["weight_decay"],
+        )  # fmt: skip
+        ensemble = engine.Ensemble(params["model"], dataset, spec, device)
+        seconds = engine.time_epochs(ensemble, timing["warmup_epochs"], timing["repeats"])
+        rows += [
+            {
+                "batch_size": args.batch_size,
+                "threads": threads,
+                "device": str(device),
+                "repeat": i,
+                "epoch_seconds": s,
+            }
+            for i, s in enumerate(seconds)
+        ]
+    write_csv_atomic(Path(args.out), pd.DataFrame(rows))
+
+
+def cmd_aggregate(args: argparse.Namespace) -> None:
+    from batchscale.aggregate import aggregate
+
+    aggregate([Path(d) for d in args.runs], [Path(f) for f in args.timing], Path(args.out_dir))
+
+
+def cmd_claims(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from batchscale import claims
+    from batchscale.io import write_csv_atomic, write_json_atomic
+
+    params = load_params(args.params)
+    tables = Path(args.tables)
+    runs = pd.read_csv(tables / "runs.csv")
+    timing = pd.read_csv(tables / "timing.csv")
+    decided = claims.decide_all(runs, timing, params)
+    comparison = claims.article_comparison(runs, claims.Settings.from_params(params))
+    write_csv_atomic(tables / "article_comparison.csv", comparison)
+    write_json_atomic(Path(args.metrics), claims.headline_metrics(decided, runs))
+    write_csv_atomic(Path(args.out), decided)
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from batchscale.report import render
+
+    params = load_params(args.params)
+    render(
+        notebook=Path(args.notebook),
+        tables=Path(args.tables),
+        claims=Path(args.claims),
+        params=params,
+        executed=Path(args.executed),
+        out=Path(args.out),
+        data_info=Path(args.data_info) if args.data_info else None,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="batchscale",
+        description="Measure how batch size and learning-rate scaling change neural-network training.",
+    )
+    parser.add_argument("--version", action="version", version=f"batchscale {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, func, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument(
+            "--params",
+            action="append",
+            metavar="FILE|JSON",
+            help="parameters: a YAML file or an inline JSON mapping; repeat to layer them "
+            "(later wins). Default: params.yaml",
+        )
+        p.set_defaults(func=func)
+        return p
+
+    p = add("check", cmd_check, "Validate parameters against the schema and cross-field rules.")
+    p.add_argument("--show", action="store_true", help="print the parameters with defaults filled in")
+
+    p = add(
+        "prepare", cmd_prepare, "Generate the data set offline and write it as .npz (+ .json description)."
+    )
+    p.add_argument("--out", required=True, help="output .npz path, e.g. data/prepared/mnist1d.npz")
+
+    p = add("train", cmd_train, "Train all seeds of one (LR rule, batch size) cell as one ensemble.")
+    p.add_argument("--rule", required=True, help="LR-scaling rule: none, linear or sqrt")
+    p.add_argument("--batch-size", type=int, required=True, help="examples per step")
+    p.add_argument("--data", required=True, help="prepared .npz data file")
+    p.add_argument("--out-dir", required=True, help="run folder: history.csv, summary.json, weights.pt")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads for torch (default 1)")
+
+    p = add("time", cmd_time, "Time training epochs at one batch size, at 1 thread and at --threads.")
+    p.add_argument("--batch-size", type=int, required=True, help="examples per step")
+    p.add_argument("--data", required=True, help="prepared .npz data file")
+    p.add_argument(
+        "--out", required=True, help="output CSV (batch_size, threads, device, repeat, epoch_seconds)"
+    )
+    p.add_argument("--threads", type=int, default=1, help="the most threads to time with")
+
+    p = add("aggregate", cmd_aggregate, "Collect run folders and timings into tidy tables.")
+    p.add_argument("--runs", nargs="+", required=True, help="run folders (each with history.csv)")
+    p.add_argument("--timing", nargs="*", default=[], help="timing CSVs from `batchscale time`")
+    p.add_argument(
+        "--out-dir", required=True, help="folder for history.csv, runs.csv, timing.csv, curves.csv"
+    )
+
+    p = add("claims", cmd_claims, "Decide every claim from the tables; write claims.csv and metrics.json.")
+    p.add_argument("--tables", required=True, help="folder written by `batchscale aggregate`")
+    p.add_argument("--out", required=True, help="claims CSV, e.g. reports/claims.csv")
+    p.add_argument("--metrics", required=True, help="metrics JSON, e.g. reports/metrics.json")
+
+    p = add("report", cmd_report, "Execute the report notebook with papermill and export it to HTML.")
+    p.add_argument("--notebook", required=True, help="template notebook (workflow/notebooks/report.ipynb)")
+    p.add_argument("--tables", required=True, help="folder of tables")
+    p.add_argument("--claims", required=True, help="claims CSV")
+    p.add_argument("--executed", required=True, help="where to keep the executed notebook")
+    p.add_argument("--out", required=True, help="self-contained HTML report")
+    p.add_argument("--data-info", help="the prepared data set's .json description (sizes shown in the setup)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ConfigError, DataError) as exc:
+        print(f"batchscale {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

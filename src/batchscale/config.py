@@ -1,0 +1,155 @@
+"""Parameters: load, fill defaults, validate, and enumerate the grid of runs (only here).
+
+`params.yaml` is both DVC's params file and Snakemake's configfile; the schema beside this
+module says what a valid one is. Every error is one line naming the key and its value.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+from batchscale.scaling import scaled_lr
+
+SCHEMA_FILE = "params.schema.yaml"
+
+
+class ConfigError(ValueError):
+    """Invalid parameters; the message is one line naming the offending key."""
+
+
+def schema() -> dict:
+    text = resources.files("batchscale").joinpath("schemas", SCHEMA_FILE).read_text()
+    return yaml.safe_load(text)
+
+
+def read_yaml(path: Path | str) -> dict:
+    """Parse a YAML mapping safely; a syntax error becomes a one-line ConfigError."""
+    try:
+        loaded = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where} YAML syntax error ({getattr(exc, 'problem', exc)})") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections, got {type(loaded).__name__}")
+    return loaded
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """`override` on top of `base`, section by section (as Snakemake merges configfiles)."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _fill_defaults(validator_class):
+    """Extend a jsonschema validator so that it writes each property's default (jsonschema FAQ)."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema_):
+        if isinstance(instance, dict):
+            for prop, subschema in properties.items():
+                if "default" in subschema:
+                    instance.setdefault(prop, copy.deepcopy(subschema["default"]))
+        yield from validate_properties(validator, properties, instance, schema_)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+_Validator = _fill_defaults(jsonschema.Draft202012Validator)
+
+
+def _key(error: jsonschema.ValidationError) -> str:
+    path = ".".join(str(p) for p in error.absolute_path)
+    if error.validator == "additionalProperties":
+        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        return ".".join(filter(None, [path, extra[0] if extra else ""]))
+    return path or "<top>"
+
+
+def validate(params: dict) -> dict:
+    """Return a copy of `params` with defaults filled in; raise ConfigError on the first problem."""
+    given = set(params)
+    params = copy.deepcopy(params)
+    errors = sorted(_Validator(schema()).iter_errors(params), key=lambda e: list(e.absolute_path))
+    if errors:
+        err = errors[0]
+        raise ConfigError(f"{_key(err)}: {err.message}")
+    check_consistency(params, given)
+    return params
+
+
+def expected_train_size(data: dict) -> int:
+    """Size of the training split the data step will produce (known before any job runs)."""
+    if data["name"] == "mnist1d":
+        total = (data["num_samples"] // 10) * 10  # num_samples // 10 examples per class
+        return int(total * data["train_split"])
+    return math.floor(1797 * data["train_split"])  # sklearn digits, as train_test_split cuts
+
+
+def check_consistency(params: dict, given: set[str]) -> None:
+    """Cross-field rules the schema cannot express, on the sections that were given.
+
+    A workflow step receives only the sections it reads; rules across sections it was not
+    given were already checked when the whole configuration was validated.
+    """
+    train = params["train"]
+    if not math.isfinite(train["base_lr"]):
+        raise ConfigError(f"train.base_lr: must be finite, got {train['base_lr']}")
+    if "grid" not in given:
+        return
+    num_train = expected_train_size(params["data"])
+    for batch_size in params["grid"]["batch_sizes"]:
+        if batch_size > num_train:
+            raise ConfigError(
+                f"grid.batch_sizes: batch size {batch_size} is larger than the training set ({num_train})"
+            )
+
+
+def load(paths: list[Path | str]) -> dict:
+    """Read and merge parameter files (later ones win), then validate."""
+    merged: dict = {}
+    for path in paths:
+        merged = deep_merge(merged, read_yaml(path))
+    return validate(merged)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One training job: a batch size under one LR-scaling rule (all seeds inside)."""
+
+    rule: str
+    batch_size: int
+
+    @property
+    def run_dir(self) -> str:
+        return f"results/runs/{self.rule}/bs{self.batch_size}"
+
+    def lr(self, params: dict) -> float:
+        train = params["train"]
+        return scaled_lr(self.rule, train["base_lr"], train["base_batch_size"], self.batch_size)
+
+
+def cells(params: dict) -> list[Cell]:
+    """The grid of runs, in a fixed order: rules as listed, batch sizes ascending."""
+    grid = params["grid"]
+    return [Cell(rule, bs) for rule in grid["lr_rules"] for bs in sorted(grid["batch_sizes"])]
+
+
+def prepared_path(params: dict) -> str:
+    return f"data/prepared/{params['data']['name']}.npz"

@@ -1,0 +1,325 @@
+"""The training engine: all seeds of a cell train together as one vmapped ensemble.
+
+Every member has its own initial weights (drawn with `torch.manual_seed(seed)`), its own
+shuffling generator (seeded with the same seed) and its own learning rate; the step is
+momentum SGD written out explicitly, so member k is the same computation as a plain
+single-model run with `torch.optim.SGD` and seed k (tests/test_engine.py checks this).
+Data sit on the device as tensors and a batch is an index gather, not a DataLoader.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad_and_value, stack_module_state, vmap
+
+from batchscale.data import Dataset
+from batchscale.io import load_torch, save_torch_atomic
+from batchscale.models import build_model
+
+CHECKPOINT_VERSION = 1
+EVAL_CHUNK = 8192  # examples per forward pass when evaluating, to bound memory
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` means CUDA when present, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """What one ensemble job trains: one batch size, one learning rate per member."""
+
+    batch_size: int
+    seeds: list[int]
+    lrs: list[float]
+    epochs: int
+    momentum: float
+    weight_decay: float = 0.0
+    warmup_epochs: int = 0
+
+    def steps_per_epoch(self, num_train: int) -> int:
+        return math.ceil(num_train / self.batch_size)
+
+
+def lr_factor(step: int, warmup_steps: int) -> float:
+    """Multiplier on the peak LR at global step `step`: a linear ramp, then constant."""
+    if warmup_steps <= 0:
+        return 1.0
+    return min(1.0, (step + 1) / warmup_steps)
+
+
+@dataclass
+class EnsembleState:
+    """Everything needed to continue training exactly where it stopped."""
+
+    epoch: int
+    params: dict[str, torch.Tensor]
+    buffers: dict[str, torch.Tensor]
+    momentum: dict[str, torch.Tensor]
+    init: dict[str, torch.Tensor]
+    best: dict[str, torch.Tensor]
+    best_val: torch.Tensor
+    best_epoch: torch.Tensor
+    diverged_epoch: torch.Tensor
+    generator_states: list[torch.Tensor]
+    history: list[dict] = field(default_factory=list)
+
+
+def _per_member_norm(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> torch.Tensor:
+    """L2 norm of (a - b) over all parameters, one value per member."""
+    total = None
+    for name, tensor in a.items():
+        sq = (tensor - b[name]).flatten(1).pow(2).sum(1)
+        total = sq if total is None else total + sq
+    return total.sqrt()
+
+
+def _member_view(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Reshape a (members,) vector so it broadcasts over a stacked parameter."""
+    return values.view(-1, *([1] * (like.dim() - 1)))
+
+
+class Ensemble:
+    """A stack of independently seeded copies of one model, trained in lock step."""
+
+    def __init__(self, model_params: dict, data: Dataset, spec: TrainSpec, device: torch.device):
+        self.spec = spec
+        self.device = device
+        self.data = data.to(device)
+        models = []
+        for seed in spec.seeds:
+            torch.manual_seed(seed)
+            models.append(build_model(model_params, data.in_features, data.num_classes))
+        params, buffers = stack_module_state(models)
+        self.initial_params = {k: v.detach().to(device) for k, v in params.items()}
+        self.initial_buffers = {k: v.detach().to(device) for k, v in buffers.items()}
+        # functional_call needs only the module's structure: keep a weightless copy.
+        self.base: nn.Module = copy.deepcopy(models[0]).to("meta")
+        self.peak_lrs = torch.tensor(spec.lrs, dtype=torch.float32, device=device)
+        self._grad_step = vmap(grad_and_value(self._loss))
+        self._evaluate = vmap(self._eval_sums, in_dims=(0, 0, None, None))
+
+    @property
+    def members(self) -> int:
+        return len(self.spec.seeds)
+
+    def _loss(self, params, buffers, x, y):
+        return F.cross_entropy(functional_call(self.base, (params, buffers), (x,)), y)
+
+    def _eval_sums(self, params, buffers, x, y):
+        logits = functional_call(self.base, (params, buffers), (x,))
+        loss_sum = F.cross_entropy(logits, y, reduction="sum")
+        correct = (logits.argmax(-1) == y).sum()
+        return loss_sum, correct
+
+    def fresh_state(self) -> EnsembleState:
+        generators = [torch.Generator().manual_seed(seed) for seed in self.spec.seeds]
+        m = self.members
+        return EnsembleState(
+            epoch=0,
+            params={k: v.clone() for k, v in self.initial_params.items()},
+            buffers={k: v.clone() for k, v in self.initial_buffers.items()},
+            momentum={k: torch.zeros_like(v) for k, v in self.initial_params.items()},
+            init={k: v.clone() for k, v in self.initial_params.items()},
+            best={k: v.clone() for k, v in self.initial_params.items()},
+            best_val=torch.full((m,), math.inf, device=self.device),
+            best_epoch=torch.zeros(m, dtype=torch.long, device=self.device),
+            diverged_epoch=torch.full((m,), -1, dtype=torch.long, device=self.device),
+            generator_states=[g.get_state() for g in generators],
+        )
+
+    @torch.no_grad()
+    def evaluate(self, state: EnsembleState, x: torch.Tensor, y: torch.Tensor):
+        """Mean loss and accuracy of every member on (x, y): two (members,) tensors."""
+        loss_sum = torch.zeros(self.members, device=self.device)
+        correct = torch.zeros(self.members, device=self.device)
+        for start in range(0, len(x), EVAL_CHUNK):
+            xs, ys = x[start : start + EVAL_CHUNK], y[start : start + EVAL_CHUNK]
+            chunk_loss, chunk_correct = self._evaluate(state.params, state.buffers, xs, ys)
+            loss_sum += chunk_loss
+            correct += chunk_correct
+        return loss_sum / len(x), correct / len(x)
+
+    def _epoch_permutations(self, state: EnsembleState) -> torch.Tensor:
+        """One shuffle of the training set per member, from that member's own generator."""
+        num_train = len(self.data.x_train)
+        perms = []
+        for i, gen_state in enumerate(state.generator_states):
+            gen = torch.Generator()
+            gen.set_state(gen_state)
+            perms.append(torch.randperm(num_train, generator=gen))
+            state.generator_states[i] = gen.get_state()
+        return torch.stack(perms).to(self.device)
+
+    @torch.no_grad()
+    def train_epoch(self, state: EnsembleState) -> torch.Tensor:
+        """One pass over the training set for every member, in place on `state`.
+
+        Returns each member's training loss averaged over the epoch's examples as they were
+        seen (the running loss that training curves usually show), kept on the device.
+        """
+        spec = self.spec
+        x, y = self.data.x_train, self.data.y_train
+        perms = self._epoch_permutations(state)
+        steps = spec.steps_per_epoch(len(x))
+        warmup_steps = spec.warmup_epochs * steps
+        active = (state.diverged_epoch < 0).float()
+        loss_sum = torch.zeros(self.members, device=self.device)
+        for step in range(steps):
+            idx = perms[:, step * spec.batch_size : (step + 1) * spec.batch_size]
+            grads, losses = self._grad_step(state.params, state.buffers, x[idx], y[idx])
+            loss_sum += losses * idx.shape[1]
+            lrs = self.peak_lrs * active * lr_factor(state.epoch * steps + step, warmup_steps)
+            for name, param in state.params.items():
+                grad = grads[name]
+                if spec.weight_decay:
+                    grad = grad.add(param, alpha=spec.weight_decay)
+                buf = state.momentum[name]
+                buf.mul_(spec.momentum).add_(grad)
+                param.sub_(_member_view(lrs, param) * buf)
+        state.epoch += 1
+        return loss_sum / len(x)
+
+    def record_epoch(
+        self, state: EnsembleState, seconds: float, before: dict | None, train_loss: torch.Tensor | None
+    ) -> list[dict]:
+        """Measure every member after an epoch; update best weights and divergence marks.
+
+        `train_loss` is the epoch's running loss; at initialisation (None) the training set
+        is evaluated instead.
+        """
+        if train_loss is None:
+            train_loss, _ = self.evaluate(state, self.data.x_train, self.data.y_train)
+        val_loss, val_acc = self.evaluate(state, self.data.x_val, self.data.y_val)
+        dist = _per_member_norm(state.params, state.init)
+        update = _per_member_norm(state.params, before) if before is not None else None
+        finite = torch.isfinite(train_loss) & torch.isfinite(val_loss)
+        newly_diverged = (~finite) & (state.diverged_epoch < 0)
+        state.diverged_epoch[newly_diverged] = state.epoch
+        improved = finite & (val_loss < state.best_val)
+        state.best_val = torch.where(improved, val_loss, state.best_val)
+        state.best_epoch = torch.where(improved, state.epoch, state.best_epoch)
+        for name, param in state.params.items():
+            state.best[name] = torch.where(_member_view(improved, param), param, state.best[name])
+        steps = self.spec.steps_per_epoch(len(self.data.x_train))
+        factor = lr_factor(max(state.epoch * steps - 1, 0), self.spec.warmup_epochs * steps)
+        columns = {
+            "train_loss": train_loss,
+            "val_loss": val_loss,
+            "val_acc": val_acc,
+            "dist_from_init": dist,
+            "update_norm": update,
+            "diverged": state.diverged_epoch >= 0,
+        }
+        # One host transfer per epoch: metrics stay on the device until here.
+        host = {k: (v.tolist() if v is not None else [math.nan] * self.members) for k, v in columns.items()}
+        rows = []
+        for m, seed in enumerate(self.spec.seeds):
+            # The LR of the epoch's last step, from the Python floats (not the float32 copy).
+            row = {
+                "seed": seed,
+                "epoch": state.epoch,
+                "lr": self.spec.lrs[m] * factor,
+                "epoch_seconds": seconds,
+            }
+            row.update({k: host[k][m] for k in columns})
+            rows.append(row)
+        state.history.extend(rows)
+        return rows
+
+
+def _state_to_dict(state: EnsembleState, identity: str) -> dict:
+    return {"version": CHECKPOINT_VERSION, "identity": identity, **state.__dict__}
+
+
+def load_checkpoint(path: Path, identity: str, device: torch.device) -> EnsembleState | None:
+    """The saved state if `path` holds a checkpoint of this very run, else None."""
+    if not path.exists():
+        return None
+    saved = load_torch(path)
+    if saved.get("version") != CHECKPOINT_VERSION or saved.get("identity") != identity:
+        return None
+    fields = {k: v for k, v in saved.items() if k not in ("version", "identity")}
+
+    def to_device(value):
+        if isinstance(value, dict):
+            return {k: to_device(v) for k, v in value.items()}
+        if isinstance(value, torch.Tensor):
+            return value.to(device)
+        return value
+
+    fields = {k: (to_device(v) if k != "generator_states" else v) for k, v in fields.items()}
+    return EnsembleState(**fields)
+
+
+def train(
+    ensemble: Ensemble,
+    checkpoint: Path | None = None,
+    identity: str = "",
+    log: Callable[[str], None] | None = None,
+) -> EnsembleState:
+    """Train every member for `spec.epochs`, checkpointing atomically after each epoch.
+
+    A run that finds its own checkpoint continues from it and ends with the same numbers
+    as one that was never interrupted.
+    """
+    log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+    state = load_checkpoint(checkpoint, identity, ensemble.device) if checkpoint else None
+    if state is None:
+        state = ensemble.fresh_state()
+        ensemble.record_epoch(state, math.nan, None, None)
+    else:
+        log(f"resuming from {checkpoint} at epoch {state.epoch}")
+    sync = torch.cuda.synchronize if ensemble.device.type == "cuda" else (lambda: None)
+    while state.epoch < ensemble.spec.epochs:
+        before = {k: v.clone() for k, v in state.params.items()}
+        sync()
+        start = time.perf_counter()
+        train_loss = ensemble.train_epoch(state)
+        sync()
+        seconds = time.perf_counter() - start
+        rows = ensemble.record_epoch(state, seconds, before, train_loss)
+        log(_progress_line(rows, state, ensemble.spec.epochs, seconds))
+        if checkpoint:
+            save_torch_atomic(checkpoint, _state_to_dict(state, identity))
+    return state
+
+
+def _progress_line(rows: list[dict], state: EnsembleState, epochs: int, seconds: float) -> str:
+    finite = [r for r in rows if not r["diverged"]]
+    mean = lambda key: sum(r[key] for r in finite) / max(len(finite), 1)  # noqa: E731
+    best = state.best_val[torch.isfinite(state.best_val)]
+    best_text = f"{best.mean().item():.4f}" if len(best) else "nan"
+    return (
+        f"epoch {state.epoch:4d}/{epochs}  train {mean('train_loss'):.4f}  "
+        f"val {mean('val_loss'):.4f}  acc {mean('val_acc'):.3f}  best val {best_text}  "
+        f"diverged {len(rows) - len(finite)}  {seconds:6.2f}s"
+    )
+
+
+def time_epochs(ensemble: Ensemble, warmup: int, repeats: int) -> list[float]:
+    """Seconds per training epoch, after `warmup` untimed epochs (no evaluation timed)."""
+    state = ensemble.fresh_state()
+    sync = torch.cuda.synchronize if ensemble.device.type == "cuda" else (lambda: None)
+    for _ in range(warmup):
+        ensemble.train_epoch(state)
+    times = []
+    for _ in range(repeats):
+        sync()
+        start = time.perf_counter()
+        ensemble.train_epoch(state)
+        sync()
+        times.append(time.perf_counter() - start)
+    return times

@@ -1,0 +1,55 @@
+"""The small networks the study trains, built from the `model` section of params."""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+from torch import nn
+
+
+class MLP(nn.Module):
+    """Fully connected ReLU network: input -> hidden layers -> class logits."""
+
+    def __init__(self, in_features: int, num_classes: int, hidden: list[int]):
+        super().__init__()
+        widths = [in_features, *hidden]
+        layers: list[nn.Module] = []
+        for width_in, width_out in itertools.pairwise(widths):
+            layers += [nn.Linear(width_in, width_out), nn.ReLU()]
+        layers.append(nn.Linear(widths[-1], num_classes))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.flatten(1))
+
+
+class CNN1d(nn.Module):
+    """1-D convolutional network for sequence inputs (MNIST-1D's reference CNN shape)."""
+
+    def __init__(self, in_features: int, num_classes: int, channels: int):
+        super().__init__()
+        self.convs = nn.Sequential(
+            nn.Conv1d(1, channels, kernel_size=5, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv1d(channels, channels, kernel_size=3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv1d(channels, channels, kernel_size=3, stride=2, padding=1),
+            nn.ReLU(),
+        )
+        with torch.no_grad():
+            flat = self.convs(torch.zeros(1, 1, in_features)).numel()
+        self.head = nn.Linear(flat, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.convs(x.unsqueeze(-2)).flatten(1))
+
+
+def build_model(model_params: dict, in_features: int, num_classes: int) -> nn.Module:
+    """Instantiate the network named by `model.name` (weights drawn from torch's global RNG)."""
+    name = model_params["name"]
+    if name == "mlp":
+        return MLP(in_features, num_classes, list(model_params["hidden"]))
+    if name == "cnn1d":
+        return CNN1d(in_features, num_classes, int(model_params["channels"]))
+    raise ValueError(f"model.name: unknown model {name!r} (choose mlp or cnn1d)")

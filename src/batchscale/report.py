@@ -1,0 +1,423 @@
+"""The HTML report: run the report notebook on the tables, export it without code, offline.
+
+`render` is what `batchscale report` calls. The HTML pieces below it (claims table, verdict
+badges, setup tables) are what the notebook displays, kept here so they are plain,
+testable functions and the notebook stays a short narrative.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+import platform
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from batchscale.io import atomic_path
+from batchscale.scaling import RULES
+
+KERNEL = "python3"
+TITLE = "batchscale: the effect of batch size on neural-net training"
+
+# The lab template links require.js, MathJax and mermaid from a CDN. The report needs none of
+# them (no widgets, no LaTeX, no diagrams), and must open offline, so those blocks are emptied.
+# Figures are PNG outputs embedded as data URIs; the block is overridden only to carry each
+# figure's alt text (from the output's metadata), which the lab template has no slot for.
+OFFLINE_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
+{%- block html_head_js -%}{%- endblock html_head_js -%}
+{%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
+{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
+{% block jupyter_widgets %}{% endblock jupyter_widgets %}
+{% block data_png scoped %}
+<div class="jp-RenderedImage jp-OutputArea-output {{ extra_class }}">
+<img src="data:image/png;base64,{{ output.data['image/png'] | escape_html }}"
+ alt="{{ ((output | get_metadata('alt', 'image/png')) or 'figure') | escape_html }}" class="bs-figure">
+</div>
+{% endblock data_png %}
+"""
+
+# Anything a browser would fetch by itself: src= anywhere, href= on <link>, CSS url()/@import
+# and script imports. Plain <a href> links are only followed when clicked, so they may stay.
+_FETCHED = re.compile(
+    r"""(?:\bsrc\s*=\s*["']?\s*(?:https?:)?//)"""
+    r"""|(?:<link\b[^>]*\bhref\s*=\s*["']?\s*(?:https?:)?//)"""
+    r"""|(?:url\(\s*["']?\s*(?:https?:)?//)"""
+    r"""|(?:@import\s+["']?\s*(?:https?:)?//)"""
+    r"""|(?:\bimport\(\s*["'](?:https?:)?//)""",
+    re.IGNORECASE,
+)
+
+
+class ReportError(RuntimeError):
+    """The report could not be made as promised (e.g. it would fetch something online)."""
+
+
+# ---------------------------------------------------------------------------------------
+# Rendering: papermill, then nbconvert.
+# ---------------------------------------------------------------------------------------
+
+
+def render(
+    notebook: Path,
+    tables: Path,
+    claims: Path,
+    params: dict,
+    executed: Path,
+    out: Path,
+    data_info: Path | None = None,
+) -> None:
+    """Execute `notebook` on the tables, keep it at `executed`, export code-free HTML to `out`.
+
+    `data_info` is the prepared data set's description (.json); by default
+    `data/prepared/<data.name>.json` under the working directory, as the workflow lays it
+    out. A missing one only leaves the data sizes out of the report.
+    """
+    if data_info is None:
+        data_info = Path("data/prepared") / f"{params['data']['name']}.json"
+    parameters = notebook_parameters(Path(tables), Path(claims), params, Path(data_info))
+    nb = execute(Path(notebook), parameters)
+    _write_notebook_atomic(nb, Path(executed))
+    page = to_html(nb)
+    fetched = external_references(page)
+    if fetched:
+        raise ReportError(f"the report would fetch {len(fetched)} resource(s) online: {fetched[:3]}")
+    with atomic_path(out) as tmp:
+        tmp.write_text(page, encoding="utf-8")
+
+
+def notebook_parameters(tables: Path, claims: Path, params: dict, data_info: Path) -> dict:
+    """What papermill injects: params, setup, and absolute paths (the kernel's cwd does not matter)."""
+    info = read_data_info(data_info)
+    return {
+        "tables": str(tables.resolve()),
+        "claims": str(claims.resolve()),
+        "params": params,
+        "setup": {
+            "versions": _software_versions(),
+            "machine": machine_info(),
+            "data_info": info,
+            "model_parameters": count_model_parameters(params["model"], info),
+        },
+    }
+
+
+def _software_versions() -> dict:
+    import matplotlib
+    import papermill
+    import seaborn
+
+    from batchscale.cli import software_versions
+
+    versions = software_versions()
+    versions.update(
+        matplotlib=matplotlib.__version__, seaborn=seaborn.__version__, papermill=papermill.__version__
+    )
+    return versions
+
+
+def machine_info() -> dict:
+    """The machine that renders the report (timings name their own device in timing.csv)."""
+    import torch
+
+    cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {
+        "cpu_count": os.cpu_count(),
+        "processor": platform.processor() or platform.machine(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda_device": cuda,
+    }
+
+
+def read_data_info(path: Path) -> dict | None:
+    """The prepared data set's description, or None when it is not there (e.g. in tests)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def count_model_parameters(model_params: dict, data_info: dict | None) -> int | None:
+    """Trainable parameters of the model, when the data's shapes are known."""
+    if not data_info:
+        return None
+    from batchscale.models import build_model
+
+    in_features = int(math.prod(data_info["x_train_shape"][1:]))
+    model = build_model(model_params, in_features, int(data_info["num_classes"]))
+    return sum(p.numel() for p in model.parameters())
+
+
+def execute(notebook: Path, parameters: dict):
+    """Run the notebook with papermill; returns the executed notebook (nothing written)."""
+    import papermill
+
+    # output_path=None: papermill writes nothing, so no half-executed notebook is left behind.
+    return papermill.execute_notebook(
+        str(notebook), None, parameters=parameters, kernel_name=KERNEL, progress_bar=False, log_output=False
+    )
+
+
+def _write_notebook_atomic(nb, path: Path) -> None:
+    import nbformat
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            nbformat.write(nb, handle)
+
+
+def to_html(nb) -> str:
+    """Code-free, prompt-free, self-contained HTML (images are already data URIs)."""
+    import jinja2
+    from nbconvert import HTMLExporter
+
+    exporter = HTMLExporter(
+        template_name="lab",
+        extra_loaders=[jinja2.DictLoader({"offline.html.j2": OFFLINE_TEMPLATE})],
+        template_file="offline.html.j2",
+        exclude_input=True,
+        exclude_input_prompt=True,
+        exclude_output_prompt=True,
+        exclude_anchor_links=True,
+        embed_images=True,
+    )
+    body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": TITLE}})
+    return body
+
+
+def external_references(page: str) -> list[str]:
+    """Every place where the page would fetch something from the network by itself."""
+    return [m.group(0) for m in _FETCHED.finditer(page)]
+
+
+# ---------------------------------------------------------------------------------------
+# HTML pieces the notebook displays.
+# ---------------------------------------------------------------------------------------
+
+VERDICT_COLOURS = {
+    "reproduced": ("#1b5e20", "#c8e6c9"),
+    "not reproduced": ("#b71c1c", "#ffcdd2"),
+    "inconclusive": ("#7a4f00", "#ffe082"),
+    "not tested": ("#424242", "#e0e0e0"),
+}
+
+STYLE = """
+<style>
+main { max-width: 1150px; margin: 0 auto; }
+.bs-report { font-size: 14px; line-height: 1.45; }
+.bs-report h1 { font-size: 1.9em; margin: 0.4em 0 0.2em; }
+.bs-report h2 { margin-top: 1.6em; border-bottom: 1px solid #ddd; padding-bottom: 0.2em; }
+.bs-report table { border-collapse: collapse; margin: 0.6em 0; }
+.bs-report th, .bs-report td { border: 1px solid #ddd; padding: 4px 8px; vertical-align: top;
+                                 text-align: left !important; }  /* lab's CSS right-aligns cells */
+.bs-report th { background: #f5f5f5; }
+.bs-report td.num { text-align: right !important; font-variant-numeric: tabular-nums; white-space: nowrap; }
+.bs-verdict { display: inline-block; padding: 1px 8px; border-radius: 10px; font-weight: 600;
+              white-space: nowrap; }
+.bs-rule { color: #555; font-size: 0.92em; }
+.bs-note { border-left: 4px solid #f9a825; background: #fff8e1; padding: 6px 10px; margin: 0.8em 0; }
+.bs-ok { border-left: 4px solid #2e7d32; background: #e8f5e9; padding: 6px 10px; margin: 0.8em 0; }
+.bs-report img, img.bs-figure { max-width: 100%; }
+.bs-caption { color: #555; font-size: 0.92em; margin: 0.2em 0 1em; }
+.bs-report table.bs-kv { margin: 0.3em 0; font-size: inherit; }
+.bs-report table.bs-kv tr { background: transparent !important; }
+.bs-report table.bs-kv th, .bs-report table.bs-kv td { border: none; background: transparent;
+                                                       padding: 1px 18px 1px 0; }
+.bs-report table.bs-kv th { white-space: nowrap; }
+</style>
+"""
+
+
+def esc(value: object) -> str:
+    return html.escape(str(value))
+
+
+def plain_text(fragment: str) -> str:
+    """An HTML fragment as plain text (a figure's caption as its alt text)."""
+    return html.unescape(re.sub(r"<[^>]+>", "", fragment))
+
+
+def is_missing(value: object) -> bool:
+    if value is None:
+        return True
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def fmt_number(value: object, digits: int = 3) -> str:
+    """Three significant figures; an en dash for a value that is not there."""
+    if is_missing(value):
+        return "–"
+    number = float(value)
+    if math.isinf(number):
+        return "∞" if number > 0 else "−∞"
+    if number == int(number) and abs(number) < 1e6:
+        return str(int(number))
+    return f"{number:.{digits}g}"
+
+
+def fmt_estimate(value: object, low: object, high: object) -> str:
+    """'value [low, high]', or just the value when the interval is undefined."""
+    if is_missing(value):
+        return "–"
+    if is_missing(low) or is_missing(high):
+        return f"{fmt_number(value)} (no CI)"
+    return f"{fmt_number(value)} {fmt_interval(low, high)}"
+
+
+def fmt_interval(low: object, high: object) -> str:
+    if is_missing(low) or is_missing(high):
+        return "–"
+    return f"[{fmt_number(low)}, {fmt_number(high)}]"
+
+
+def verdict_badge(verdict: str) -> str:
+    text, background = VERDICT_COLOURS.get(verdict, VERDICT_COLOURS["not tested"])
+    return f'<span class="bs-verdict" style="color:{text};background:{background}">{esc(verdict)}</span>'
+
+
+def claims_table(claims: pd.DataFrame, confidence: float) -> str:
+    """The summary table at the top: one row per claim, linked to its section."""
+    rows = []
+    for c in claims.itertuples():
+        article = "" if is_missing(c.article) else esc(c.article)
+        expected = "" if is_missing(c.expected) else esc(c.expected)
+        rows.append(
+            f'<tr><td><a href="#{esc(c.claim_id)}">{esc(c.claim_id)}</a></td><td>{esc(c.claim)}</td>'
+            f"<td>{esc(c.metric)}</td><td>{expected}</td>"
+            f'<td class="num">{esc(fmt_estimate(c.observed, c.ci_low, c.ci_high))}</td>'
+            f'<td class="num">{int(c.n_seeds) if not is_missing(c.n_seeds) else "–"}</td>'
+            f"<td>{verdict_badge(c.verdict)}</td><td>{article}</td></tr>"
+        )
+    head = (
+        "<tr><th>id</th><th>claim</th><th>our statistic</th><th>expected</th>"
+        f"<th>ours [{confidence:.0%} CI]</th><th>seeds</th><th>verdict</th><th>article</th></tr>"
+    )
+    return f"<table>{head}{''.join(rows)}</table>"
+
+
+def verdict_counts(claims: pd.DataFrame) -> str:
+    counts = claims["verdict"].value_counts()
+    parts = [f"{verdict_badge(v)} {counts[v]}" for v in VERDICT_COLOURS if v in counts]
+    return "&nbsp; ".join(parts)
+
+
+def key_values(pairs: list[tuple[str, str]]) -> str:
+    """Label/value rows without borders; values are HTML (escape them before)."""
+    rows = "".join(f"<tr><th>{esc(label)}</th><td>{value}</td></tr>" for label, value in pairs)
+    return f'<table class="bs-kv">{rows}</table>'
+
+
+def definition_list(items: dict) -> str:
+    """Key/value pairs as label/value rows; values are escaped, missing ones left out."""
+    return key_values([(str(k), esc(v)) for k, v in items.items() if not is_missing(v)])
+
+
+def lr_grid(runs: pd.DataFrame) -> str:
+    """Batch sizes x LR rules, each cell's learning rate and seed count, as run."""
+    sizes = sorted(runs["batch_size"].unique())
+    head = "<tr><th>LR rule \\ batch size</th>" + "".join(f"<th>{b}</th>" for b in sizes) + "</tr>"
+    body = []
+    # The article's order (constant LR first), then any other rule.
+    rules = sorted(runs["rule"].unique(), key=lambda r: (RULES.index(r) if r in RULES else len(RULES), r))
+    for rule in rules:
+        cell = runs[runs["rule"] == rule]
+        cells = []
+        for b in sizes:
+            run = cell[cell["batch_size"] == b]
+            if run.empty:
+                cells.append('<td class="num">not run</td>')
+                continue
+            lrs = sorted(run["lr"].round(6).unique())
+            lr = (
+                fmt_number(lrs[0], 4)
+                if len(lrs) == 1
+                else f"{fmt_number(lrs[0], 4)}–{fmt_number(lrs[-1], 4)}"
+            )
+            cells.append(
+                f'<td class="num">LR {lr}<br><span class="bs-rule">{run["seed"].nunique()} seeds</span></td>'
+            )
+        body.append(f"<tr><th>{esc(rule)}</th>{''.join(cells)}</tr>")
+    return f"<table>{head}{''.join(body)}</table>"
+
+
+def unpassed_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """Cells with runs whose validation loss had not passed its minimum by the last epoch.
+
+    A run with no `min_passed` (every epoch diverged) counts as not passed, as in `claims`.
+    """
+    passed = runs["min_passed"].astype("boolean").fillna(False).astype(bool)
+    runs = runs.assign(unpassed=~passed)
+    table = runs.groupby(["rule", "batch_size"], as_index=False).agg(
+        unpassed=("unpassed", "sum"), runs=("seed", "nunique"), epochs=("epochs", "max")
+    )
+    return table[table["unpassed"] > 0].reset_index(drop=True)
+
+
+def unpassed_note(runs: pd.DataFrame) -> str:
+    """The report says so when a cell's validation loss had not passed its minimum."""
+    table = unpassed_runs(runs)
+    if table.empty:
+        return (
+            '<div class="bs-ok">Every run\'s validation loss passed its minimum before the last epoch, '
+            "so the minimum validation loss and its epoch are not cut off by the epoch budget.</div>"
+        )
+    cells = ", ".join(
+        f"{esc(r.rule)}/B={r.batch_size} ({r.unpassed} of {r.runs} seeds)" for r in table.itertuples()
+    )
+    return (
+        f'<div class="bs-note"><b>Validation loss had not passed its minimum by the last epoch</b> '
+        f"(epoch {fmt_number(table['epochs'].max())}) in {len(table)} cell(s): {cells}. For these runs the "
+        "minimum validation loss is an upper bound and its epoch a lower bound; claims C2, C4, C7, C8 "
+        "and C9 that use them may change with a longer epoch budget.</div>"
+    )
+
+
+def diverged_note(runs: pd.DataFrame) -> str:
+    """Runs that diverged (NaN/inf loss) and stopped early; empty when there are none."""
+    diverged = runs[runs["diverged_epoch"] >= 0]
+    if diverged.empty:
+        return ""
+    cells = ", ".join(
+        f"{esc(r.rule)}/B={r.batch_size} seed {r.seed} (epoch {r.diverged_epoch})"
+        for r in diverged.itertuples()
+    )
+    return (
+        f'<div class="bs-note"><b>Diverged runs</b> (left out of the statistics from then on): {cells}.</div>'
+    )
+
+
+def claim_header(claim: pd.Series, confidence: float) -> str:
+    """A claim section's heading, verdict with its rule, statistic and summary sentence."""
+    expected = "" if is_missing(claim["expected"]) else f" (expected: {esc(claim['expected'])})"
+    estimate = esc(fmt_estimate(claim["observed"], claim["ci_low"], claim["ci_high"]))
+    if not is_missing(claim["n_seeds"]) and claim["n_seeds"]:
+        estimate += f", {int(claim['n_seeds'])} seeds"
+    pairs = [
+        ("verdict", verdict_badge(claim["verdict"])),
+        ("verdict rule", f'<span class="bs-rule">{esc(claim["rule"])}</span>'),
+        ("statistic", esc(claim["metric"]) + expected),
+        (f"ours [{confidence:.0%} CI]", estimate),
+    ]
+    if not is_missing(claim["article"]):
+        pairs.append(("article", esc(claim["article"])))
+    pairs.append(("summary", esc(claim["summary"])))
+    claim_id = esc(claim["claim_id"])
+    return f'<h2 id="{claim_id}">{claim_id}. {esc(claim["claim"])}</h2>' + key_values(pairs)
+
+
+def comparison_table(comparison: pd.DataFrame, confidence: float) -> str:
+    """C7/C8 side by side: the article's number and ours with its CI."""
+    head = f"<tr><th>quantity</th><th>article</th><th>ours</th><th>{confidence:.0%} CI</th></tr>"
+    rows = "".join(
+        f'<tr><td>{esc(r.quantity)}</td><td class="num">{fmt_number(r.article)}</td>'
+        f'<td class="num">{fmt_number(r.ours)}</td>'
+        f'<td class="num">{fmt_interval(r.ci_low, r.ci_high)}</td></tr>'
+        for r in comparison.itertuples()
+    )
+    return f"<table>{head}{rows}</table>"

@@ -1,0 +1,113 @@
+"""Claim verdicts computed from synthetic measurements whose answer is known."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from batchscale import claims
+from batchscale.config import validate
+
+SIZES = (32, 64, 128, 256)
+
+
+def synthetic_runs(direction: float = 1.0, seeds: int = 6, rules=("none", "linear"), noise: float = 0.003):
+    """An article-like world (direction=+1): bigger batches are worse unscaled, scaling
+    closes 86% of the gap; direction=-1 flips every batch-size effect."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for rule in rules:
+        for b in SIZES:
+            k = np.log2(b / 32) / 3  # 0 at B=32, 1 at B=256
+            for seed in range(seeds):
+                unscaled = 0.345 + direction * 0.05 * k
+                loss = unscaled if rule == "none" else 0.345 + direction * 0.007 * k
+                epochs_to_min = 10 * (8 if rule == "none" else 1.2) ** (direction * k)
+                seconds_per_epoch = 4 ** (-direction * k)
+                rows.append(
+                    {
+                        "rule": rule, "batch_size": b, "seed": seed,
+                        "min_val_loss": loss + noise * rng.normal(),
+                        "best_epoch": round(epochs_to_min + rng.normal()),
+                        "train_loss_auc": 0.5 + direction * 0.2 * k + 0.01 * rng.normal(),
+                        "dist_final": 10 - direction * 5 * k + 0.1 * rng.normal(),
+                        "time_to_min_s": (epochs_to_min + rng.normal()) * seconds_per_epoch,
+                        "min_passed": True,
+                    }
+                )  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def synthetic_timing(direction: float = 1.0, repeats: int = 5):
+    rng = np.random.default_rng(1)
+    return pd.DataFrame(
+        [
+            {
+                "batch_size": b,
+                "threads": 2,
+                "repeat": r,
+                "epoch_seconds": (1 - direction * 0.002 * b) + 0.01 * rng.random(),
+            }
+            for b in SIZES
+            for r in range(repeats)
+        ]
+    )
+
+
+PARAMS = validate({"stats": {"bootstrap": 300}})
+
+
+def verdicts(table: pd.DataFrame) -> dict[str, str]:
+    return dict(zip(table["claim_id"], table["verdict"], strict=True))
+
+
+def test_article_like_data_reproduces_every_measured_claim():
+    table = claims.decide_all(synthetic_runs(+1), synthetic_timing(+1), PARAMS)
+    assert list(table.columns[:9]) == [
+        "claim_id", "claim", "metric", "expected", "observed", "ci_low", "ci_high", "n_seeds", "verdict",
+    ]  # fmt: skip
+    assert list(table["claim_id"]) == [f"C{i}" for i in range(1, 13)]
+    v = verdicts(table)
+    for claim_id in ("C1", "C2", "C3", "C4", "C6", "C7", "C8", "C9"):
+        assert v[claim_id] == "reproduced", (claim_id, table.set_index("claim_id").loc[claim_id, "summary"])
+    for claim_id in ("C5", "C10", "C11", "C12"):
+        assert v[claim_id] == "not tested"
+    c7 = table.set_index("claim_id").loc["C7"]
+    assert c7["observed"] == pytest.approx(0.86, abs=0.05)
+    assert c7["ci_low"] <= c7["observed"] <= c7["ci_high"]
+
+
+def test_opposite_data_is_not_reproduced():
+    v = verdicts(claims.decide_all(synthetic_runs(-1), synthetic_timing(-1), PARAMS))
+    for claim_id in ("C1", "C2", "C3", "C4", "C6", "C8", "C9"):
+        assert v[claim_id] == "not reproduced", claim_id
+    assert v["C7"] == "inconclusive"  # no unscaled gap: nothing to close
+
+
+def test_too_few_seeds_is_inconclusive():
+    v = verdicts(claims.decide_all(synthetic_runs(+1, seeds=2), synthetic_timing(+1), PARAMS))
+    for claim_id in ("C1", "C2", "C4", "C6", "C7", "C8", "C9"):
+        assert v[claim_id] == "inconclusive", claim_id
+
+
+def test_pure_noise_is_not_called_reproduced():
+    runs = synthetic_runs(0.0, noise=0.05)
+    v = verdicts(claims.decide_all(runs, synthetic_timing(0.0), PARAMS))
+    assert v["C2"] != "reproduced"
+
+
+def test_claims_needing_the_linear_rule_are_not_tested_without_it():
+    v = verdicts(claims.decide_all(synthetic_runs(+1, rules=("none",)), synthetic_timing(+1), PARAMS))
+    assert v["C7"] == v["C8"] == v["C9"] == "not tested"
+    assert v["C2"] == "reproduced"
+
+
+def test_article_comparison_and_metrics():
+    runs = synthetic_runs(+1)
+    comparison = claims.article_comparison(runs, claims.Settings.from_params(PARAMS))
+    assert list(comparison["article"][:3]) == [0.345, 0.395, 0.352]
+    assert comparison["ours"].iloc[1] == pytest.approx(0.395, abs=0.005)
+    metrics = claims.headline_metrics(claims.decide_all(runs, synthetic_timing(), PARAMS), runs)
+    assert metrics["verdicts"]["reproduced"] == 8
+    assert metrics["min_val_loss"]["none_bs256"] == pytest.approx(0.395, abs=0.005)

@@ -1,0 +1,64 @@
+"""Parameter validation: defaults, one-line errors naming the key, the grid."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from batchscale.config import ConfigError, cells, load, validate
+
+from conftest import ROOT
+
+
+def test_shipped_params_are_valid_and_complete():
+    params = load([ROOT / "params.yaml"])
+    assert params["grid"]["batch_sizes"] == [32, 64, 128, 256]
+    assert params["grid"]["lr_rules"] == ["none", "linear"]
+    assert len(params["train"]["seeds"]) >= 5
+    assert [(c.rule, c.batch_size) for c in cells(params)][:2] == [("none", 32), ("none", 64)]
+    lrs = {(c.rule, c.batch_size): c.lr(params) for c in cells(params)}
+    assert lrs[("none", 256)] == 0.01 and lrs[("linear", 256)] == pytest.approx(0.08)
+
+
+def test_empty_config_gets_every_default():
+    params = validate({})
+    assert params["data"]["name"] == "mnist1d"
+    assert params["train"]["device"] == "auto"
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ({"grid": {"lr_rules": ["cubic"]}}, "grid.lr_rules.0"),
+        ({"grid": {"batch_sizes": [32, 32]}}, "grid.batch_sizes"),
+        ({"grid": {"batch_sizes": [32, 100000]}}, "grid.batch_sizes"),
+        ({"train": {"epochs": 0}}, "train.epochs"),
+        ({"train": {"base_lr": -0.1}}, "train.base_lr"),
+        ({"train": {"base_lr": float("inf")}}, "train.base_lr"),
+        ({"train": {"seeds": [1, 1]}}, "train.seeds"),
+        ({"data": {"name": "imagenet"}}, "data.name"),
+        ({"model": {"name": "resnet"}}, "model.name"),
+        ({"train": {"epoch": 5}}, "train.epoch"),
+    ],
+)
+def test_bad_values_fail_with_one_line_naming_the_key(override, key):
+    with pytest.raises(ConfigError) as err:
+        validate(override)
+    message = str(err.value)
+    assert message.startswith(f"{key}:"), message
+    assert "\n" not in message
+
+
+def test_yaml_syntax_error_names_the_file_and_line(tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text("train:\n  epochs: [1, 2\n")
+    with pytest.raises(ConfigError, match=r"params.yaml: line \d+ YAML syntax error"):
+        load([bad])
+
+
+def test_later_files_override_earlier(tmp_path):
+    override = tmp_path / "small.yaml"
+    override.write_text(yaml.safe_dump({"train": {"epochs": 3}}))
+    params = load([ROOT / "params.yaml", override])
+    assert params["train"]["epochs"] == 3
+    assert params["train"]["base_lr"] == 0.01

@@ -1,0 +1,71 @@
+"""Data preparation is offline and deterministic; bad data files fail with the file named."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from batchscale import data
+from batchscale.data import DataError
+
+from conftest import random_arrays
+
+MNIST1D = {"name": "mnist1d", "num_samples": 300, "train_split": 0.8, "seed": 42}
+
+
+def test_mnist1d_is_generated_locally_and_byte_identical(tmp_path):
+    a, b = tmp_path / "a.npz", tmp_path / "b.npz"
+    info = data.prepare(MNIST1D, a)
+    data.prepare(MNIST1D, b)
+    assert a.read_bytes() == b.read_bytes()
+    assert info["x_train_shape"] == [240, 40] and info["x_val_shape"] == [60, 40]
+    loaded = data.load(a)
+    assert loaded.num_classes == 10 and loaded.sha256 == info["sha256"]
+
+
+def test_digits_is_available_offline(tmp_path):
+    info = data.prepare(
+        {"name": "digits", "num_samples": 0, "train_split": 0.8, "seed": 0}, tmp_path / "d.npz"
+    )
+    assert info["x_train_shape"][1] == 64 and info["num_classes"] == 10
+
+
+def write(tmp_path, **changes):
+    arrays = random_arrays()
+    arrays.update(changes)
+    path = tmp_path / "bad.npz"
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("changes", "problem"),
+    [
+        ({"x_train": np.full((64, 12), np.nan, dtype=np.float32)}, "NaN"),
+        ({"y_train": np.arange(10)}, "rows"),
+        ({"x_val": np.zeros((0, 12), np.float32), "y_val": np.zeros(0, np.int64)}, "empty"),
+        ({"y_val": np.full(32, 99)}, "labels"),
+        ({"x_val": np.zeros((32, 5), np.float32)}, "shapes"),
+    ],
+)
+def test_bad_arrays_fail_naming_file_and_problem(tmp_path, changes, problem):
+    path = write(tmp_path, **changes)
+    with pytest.raises(DataError, match=problem) as err:
+        data.load(path)
+    assert str(path) in str(err.value)
+
+
+def test_truncated_file_fails_clearly(tmp_path):
+    path = write(tmp_path)
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(DataError, match="cannot read"):
+        data.load(path)
+
+
+def test_pickled_object_arrays_are_refused(tmp_path):
+    path = tmp_path / "pickle.npz"
+    arrays = random_arrays()
+    arrays["x_train"] = np.array([object()] * 64, dtype=object)
+    np.savez(path, **arrays)
+    with pytest.raises(DataError, match="cannot read"):
+        data.load(path)

@@ -1,0 +1,130 @@
+"""The ensemble engine against plain single-model PyTorch, and exact resume."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+from batchscale.data import Dataset
+from batchscale.engine import Ensemble, TrainSpec, lr_factor, train
+from batchscale.models import build_model
+
+from conftest import random_arrays
+
+MODELS = [{"name": "mlp", "hidden": [16, 8]}, {"name": "cnn1d", "channels": 4}]
+
+
+def tiny_dataset(seed: int = 0) -> Dataset:
+    arrays = {k: torch.from_numpy(v) for k, v in random_arrays(seed=seed).items()}
+    return Dataset(**arrays, num_classes=3)
+
+
+def plain_sgd_run(
+    model_params, data: Dataset, seed: int, lr: float, batch_size: int, epochs: int, momentum: float
+):
+    """The reference: one model, torch.optim.SGD, the same shuffling stream as the engine."""
+    torch.manual_seed(seed)
+    model = build_model(model_params, data.in_features, data.num_classes)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    gen = torch.Generator().manual_seed(seed)
+    n = len(data.x_train)
+    running_losses = []
+    for _ in range(epochs):
+        perm = torch.randperm(n, generator=gen)
+        seen_loss = 0.0
+        for start in range(0, n, batch_size):
+            idx = perm[start : start + batch_size]
+            loss = F.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
+            seen_loss += loss.item() * len(idx)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        running_losses.append(seen_loss / n)
+    with torch.no_grad():
+        val_loss = F.cross_entropy(model(data.x_val), data.y_val).item()
+    return dict(model.named_parameters()), val_loss, running_losses
+
+
+@pytest.mark.parametrize("model_params", MODELS, ids=lambda m: m["name"])
+def test_member_k_equals_plain_run_with_seed_k(model_params):
+    data = tiny_dataset()
+    # Different LRs per member, and a batch size that leaves a short last batch (64 = 2*24 + 16).
+    spec = TrainSpec(batch_size=24, seeds=[3, 7], lrs=[0.05, 0.02], epochs=3, momentum=0.9)
+    ensemble = Ensemble(model_params, data, spec, torch.device("cpu"))
+    state = train(ensemble, log=lambda line: None)
+    last = {r["seed"]: r for r in state.history if r["epoch"] == spec.epochs}
+    for member, (seed, lr) in enumerate(zip(spec.seeds, spec.lrs, strict=True)):
+        params, val_loss, train_losses = plain_sgd_run(
+            model_params, data, seed, lr, spec.batch_size, spec.epochs, 0.9
+        )
+        for name, tensor in params.items():
+            torch.testing.assert_close(state.params[name][member], tensor.detach(), rtol=1e-5, atol=1e-6)
+        assert last[seed]["val_loss"] == pytest.approx(val_loss, rel=1e-5)
+        ours = [r["train_loss"] for r in state.history if r["seed"] == seed and r["epoch"] > 0]
+        assert ours == pytest.approx(train_losses, rel=1e-5)
+
+
+def test_members_differ_and_history_is_complete():
+    data = tiny_dataset()
+    spec = TrainSpec(batch_size=16, seeds=[0, 1, 2], lrs=[0.05] * 3, epochs=2, momentum=0.9)
+    state = train(Ensemble(MODELS[0], data, spec, torch.device("cpu")), log=lambda line: None)
+    assert len(state.history) == 3 * (spec.epochs + 1)  # epoch 0 (at init) .. epochs
+    assert not torch.equal(state.params["net.0.weight"][0], state.params["net.0.weight"][1])
+    first = [r for r in state.history if r["epoch"] == 1]
+    for row in first:
+        assert row["update_norm"] == pytest.approx(row["dist_from_init"])  # one epoch from init
+        assert row["lr"] == 0.05
+
+
+def _without_timing(history) -> pd.DataFrame:
+    return pd.DataFrame(history).drop(columns="epoch_seconds")
+
+
+def test_resume_after_interruption_gives_identical_history(tmp_path):
+    data = tiny_dataset()
+    spec = TrainSpec(batch_size=16, seeds=[0, 1], lrs=[0.05, 0.1], epochs=4, momentum=0.9)
+    reference = train(Ensemble(MODELS[0], data, spec, torch.device("cpu")), log=lambda line: None)
+
+    class Killed(Exception):
+        pass
+
+    def die_at_epoch_3(line: str) -> None:
+        if line.startswith("epoch    3"):
+            raise Killed  # before epoch 3's checkpoint is written, like a kill mid-run
+
+    checkpoint = tmp_path / "checkpoint.pt"
+    with pytest.raises(Killed):
+        train(Ensemble(MODELS[0], data, spec, torch.device("cpu")), checkpoint, "run-a", die_at_epoch_3)
+    lines = []
+    resumed = train(Ensemble(MODELS[0], data, spec, torch.device("cpu")), checkpoint, "run-a", lines.append)
+    assert lines[0].startswith("resuming") and "epoch 2" in lines[0]
+    pd.testing.assert_frame_equal(_without_timing(resumed.history), _without_timing(reference.history))
+
+
+def test_checkpoint_of_another_run_is_not_resumed(tmp_path):
+    data = tiny_dataset()
+    spec = TrainSpec(batch_size=16, seeds=[0], lrs=[0.05], epochs=1, momentum=0.0)
+    checkpoint = tmp_path / "checkpoint.pt"
+    train(Ensemble(MODELS[0], data, spec, torch.device("cpu")), checkpoint, "run-a", lambda line: None)
+    lines = []
+    train(Ensemble(MODELS[0], data, spec, torch.device("cpu")), checkpoint, "run-b", lines.append)
+    assert not any(line.startswith("resuming") for line in lines)
+
+
+def test_divergent_member_is_recorded_and_others_finish():
+    data = tiny_dataset()
+    spec = TrainSpec(batch_size=16, seeds=[0, 1], lrs=[0.05, 1e6], epochs=3, momentum=0.9)
+    state = train(Ensemble(MODELS[0], data, spec, torch.device("cpu")), log=lambda line: None)
+    assert state.diverged_epoch.tolist()[0] == -1
+    assert state.diverged_epoch.tolist()[1] >= 1
+    healthy = [r for r in state.history if r["seed"] == 0]
+    assert all(math.isfinite(r["val_loss"]) for r in healthy)
+
+
+def test_lr_warmup_ramps_linearly_then_holds():
+    assert [lr_factor(s, 4) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert lr_factor(0, 0) == 1.0

@@ -1,0 +1,172 @@
+"""The HTML report: rendered by papermill + nbconvert from small tables, self-contained, code-free."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from batchscale import aggregate, claims, report
+from batchscale.config import validate
+from batchscale.io import write_csv_atomic
+from batchscale.scaling import scaled_lr
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK = ROOT / "workflow" / "notebooks" / "report.ipynb"
+SIZES = (32, 128)
+SEEDS = (0, 1, 2)
+EPOCHS = 8
+
+
+def small_params() -> dict:
+    return validate(
+        {
+            "data": {"num_samples": 600},
+            "model": {"hidden": [16]},
+            "train": {"epochs": EPOCHS, "seeds": list(SEEDS)},
+            "grid": {"batch_sizes": list(SIZES), "lr_rules": ["none", "linear"]},
+            "timing": {"warmup_epochs": 0, "repeats": 3},
+            "stats": {"bootstrap": 100},
+        }
+    )
+
+
+def fake_history(rule: str, batch_size: int, params: dict) -> pd.DataFrame:
+    """Plausible curves: loss falls faster with a larger LR per example; B=32 overfits late."""
+    train = params["train"]
+    lr = scaled_lr(rule, train["base_lr"], train["base_batch_size"], batch_size)
+    rate = 0.35 * (lr / train["base_lr"]) * (train["base_batch_size"] / batch_size) ** 0.5
+    rows = []
+    for seed in SEEDS:
+        rng = np.random.default_rng(1000 * seed + batch_size + len(rule))
+        for epoch in range(EPOCHS + 1):
+            train_loss = 0.3 + 2.0 * np.exp(-rate * epoch) + 0.01 * rng.random()
+            overfit = 0.01 * max(0, epoch - 4) ** 2 if batch_size == SIZES[0] else 0.0
+            rows.append(
+                {
+                    "rule": rule, "batch_size": batch_size, "seed": seed, "epoch": epoch,
+                    "epoch_seconds": np.nan if epoch == 0 else 0.01 * 32 / batch_size,
+                    "train_loss": train_loss, "train_acc": 1 - train_loss / 2.5,
+                    "val_loss": train_loss + 0.05 + overfit, "val_acc": 1 - train_loss / 2.4,
+                    "dist_from_init": rate * epoch, "update_norm": np.nan if epoch == 0 else rate,
+                    "lr": lr, "diverged": False,
+                }
+            )  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def write_tables(root: Path, params: dict) -> tuple[Path, Path]:
+    """Run folders and timings -> the package's own aggregate and claims -> tables, claims.csv."""
+    run_dirs, timing_files = [], []
+    for rule in params["grid"]["lr_rules"]:
+        for b in SIZES:
+            run_dir = root / "runs" / rule / f"bs{b}"
+            write_csv_atomic(run_dir / "history.csv", fake_history(rule, b, params))
+            run_dirs.append(run_dir)
+    for b in SIZES:
+        rows = [
+            {
+                "batch_size": b,
+                "threads": t,
+                "device": "cpu",
+                "repeat": r,
+                "epoch_seconds": 0.3 / b / t**0.5 + 1e-4 * r,
+            }
+            for t in (1, 4)
+            for r in range(3)
+        ]
+        timing_files.append(root / "timing" / f"bs{b}.csv")
+        write_csv_atomic(timing_files[-1], pd.DataFrame(rows))
+    tables = root / "reports" / "tables"
+    aggregate.aggregate(run_dirs, timing_files, tables)
+    runs, timing = pd.read_csv(tables / "runs.csv"), pd.read_csv(tables / "timing.csv")
+    settings = claims.Settings.from_params(params)
+    write_csv_atomic(tables / "article_comparison.csv", claims.article_comparison(runs, settings))
+    claims_csv = root / "reports" / "claims.csv"
+    write_csv_atomic(claims_csv, claims.decide_all(runs, timing, params))
+    return tables, claims_csv
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("report")
+    params = small_params()
+    tables, claims_csv = write_tables(root, params)
+    info = {"num_classes": 10, "x_train_shape": [480, 40], "x_val_shape": [120, 40], "sha256": "ab" * 32}
+    (root / "data.json").write_text(json.dumps(info))
+    out, executed = root / "reports" / "report.html", root / "results" / "report.executed.ipynb"
+    report.render(NOTEBOOK, tables, claims_csv, params, executed, out, data_info=root / "data.json")
+    return {"root": root, "html": out.read_text(encoding="utf-8"), "executed": executed, "params": params}
+
+
+def test_report_has_every_claim_at_the_top(rendered):
+    page = rendered["html"]
+    table = page[page.index('id="claims"') : page.index('id="setup"')]
+    for i in range(1, 13):
+        assert f'<a href="#C{i}">C{i}</a>' in table
+        assert f'<h2 id="C{i}">' in page  # and a section of its own
+    assert "bs-verdict" in table
+
+
+def test_report_is_self_contained_and_code_free(rendered):
+    page = rendered["html"]
+    # nbconvert re-serialises the page with BeautifulSoup, which sorts attributes: alt comes before src.
+    figures = re.findall(r'<img\b[^>]*\bsrc="data:image/png;base64,', page)
+    assert len(figures) >= 5
+    assert "No description has been provided" not in page  # every figure carries its caption as alt
+    assert not re.search(r"<script[^>]*\bsrc\s*=\s*[\"']?https?:", page, re.IGNORECASE)
+    assert report.external_references(page) == []
+    # exclude_input: no code cells, no prompts, no source of the notebook's cells.
+    for code in ('class="jp-InputArea', 'class="jp-InputPrompt', 'class="jp-OutputPrompt', "highlight hl-"):
+        assert code not in page
+    for source in ("pd.read_csv", "import pandas", "def section_figures", "papermill injects"):
+        assert source not in page
+
+
+def test_report_shows_setup_and_caveats(rendered):
+    page = rendered["html"]
+    assert "training examples" in page and ">480<" in page  # from the data description
+    assert "LR 0.04" in page  # linear rule at B=128, from runs.csv
+    # B=128's validation loss is still falling at the last epoch: the report must say so.
+    assert "had not passed its minimum" in page
+
+
+def test_executed_notebook_is_kept(rendered):
+    import nbformat
+
+    nb = nbformat.read(rendered["executed"], as_version=4)
+    errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert not errors
+
+
+def test_failed_render_leaves_no_report(rendered, tmp_path):
+    import papermill
+
+    broken = tmp_path / "tables"
+    broken.mkdir()  # no tables at all: the notebook fails on its first read
+    out = tmp_path / "report.html"
+    with pytest.raises(papermill.PapermillExecutionError):
+        report.render(
+            NOTEBOOK, broken, tmp_path / "claims.csv", rendered["params"], tmp_path / "x.ipynb", out
+        )
+    assert not out.exists() and not list(tmp_path.glob(".report.html.*"))
+
+
+def test_external_references_are_found():
+    assert report.external_references('<script src="https://cdn.example/require.js"></script>')
+    assert report.external_references('<link rel="stylesheet" href="//fonts.example/css">')
+    assert not report.external_references('<a href="https://arxiv.org/abs/2012.08795">article</a>')
+
+
+def test_unpassed_note_names_the_cells():
+    runs = pd.DataFrame(
+        {"rule": ["none", "none"], "batch_size": [32, 128], "seed": [0, 0], "epochs": [5, 5],
+         "min_passed": [True, False]}
+    )  # fmt: skip
+    note = report.unpassed_note(runs)
+    assert "none/B=128 (1 of 1 seeds)" in note and "B=32" not in note
+    assert "passed its minimum before the last epoch" in report.unpassed_note(runs.assign(min_passed=True))

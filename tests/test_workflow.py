@@ -1,0 +1,65 @@
+"""The real workflow, end to end, on the tiny configuration: real Snakemake, real papermill."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import run
+
+pytestmark = pytest.mark.slow
+
+MEASURED = ["C1", "C2", "C3", "C4", "C6", "C7", "C8", "C9"]
+VERDICTS = {"reproduced", "not reproduced", "inconclusive", "not tested"}
+HISTORY_COLUMNS = {"rule", "batch_size", "seed", "epoch", "train_loss", "val_loss", "val_acc", "lr",
+                   "epoch_seconds", "dist_from_init", "update_norm"}  # fmt: skip
+
+
+def test_tiny_study_runs_end_to_end_and_is_then_up_to_date(project):
+    run(["snakemake", "--cores", "4", "--configfile", "config/tiny.yaml"], project)
+
+    html = (project / "reports/report.html").read_text()
+    assert "C12" in html and "data:image/png;base64," in html
+    claims = pd.read_csv(project / "reports/claims.csv")
+    assert list(claims["claim_id"]) == [f"C{i}" for i in range(1, 13)]
+    assert set(claims["verdict"]) <= VERDICTS
+    decided = claims.set_index("claim_id").loc[MEASURED]
+    assert (decided["verdict"] != "not tested").all(), decided["verdict"]
+    history = pd.read_csv(project / "reports/tables/history.csv")
+    assert HISTORY_COLUMNS <= set(history.columns)
+    tiny = yaml.safe_load((project / "config/tiny.yaml").read_text())
+    cells = len(tiny["grid"]["batch_sizes"]) * 2
+    assert len(history) == cells * len(tiny["train"]["seeds"]) * (tiny["train"]["epochs"] + 1)
+
+    dry = run(["snakemake", "-n", "--configfile", "config/tiny.yaml"], project)
+    assert "Nothing to be done" in dry.stdout + dry.stderr
+
+
+def test_lint_is_clean(project):
+    proc = run(["snakemake", "--lint"], project, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("grid:\n  lr_rules: [cubic]\n", "grid.lr_rules"),
+        ("train:\n  epochs: 0\n", "train.epochs"),
+        ("grid:\n  batch_sizes: [32, 999999]\n", "grid.batch_sizes"),
+    ],
+)
+def test_bad_configuration_stops_before_any_job(project, override, key):
+    (project / "bad.yaml").write_text(override)
+    proc = run(["snakemake", "--cores", "1", "--configfile", "bad.yaml"], project, check=False)
+    assert proc.returncode != 0
+    assert key in proc.stderr + proc.stdout
+    assert not (project / "results").exists()
+    assert not (project / "reports/tables").exists()
+    assert not (project / "data/prepared").exists()
+
+
+def test_cli_help_lists_every_step(project):
+    out = run(["batchscale", "--help"], project).stdout
+    for command in ("prepare", "train", "time", "aggregate", "claims", "report", "check"):
+        assert command in out

@@ -1,0 +1,36 @@
+# Helpers shared by the rules: validated parameters and the grid of runs.
+import json
+import os
+import sys
+
+from batchscale import config as bs_config
+
+# Validate (schema + cross-field rules) and fill defaults before any job is planned; a bad
+# configuration stops here with one line naming the key.
+try:
+    PARAMS = bs_config.validate(config)
+except bs_config.ConfigError as exc:
+    sys.exit(f"batchscale: invalid configuration: {exc}")
+
+CELLS = bs_config.cells(PARAMS)
+PREPARED = bs_config.prepared_path(PARAMS)
+BATCH_SIZES = sorted(PARAMS["grid"]["batch_sizes"])
+RUN_DIRS = [cell.run_dir for cell in CELLS]
+# The software environment of every rule (with --software-deployment-method conda).
+ENV = "../envs/batchscale.yaml"
+# Threads a job may really use: never more than this machine (or allocation) has.
+MACHINE_CORES = len(os.sched_getaffinity(0))
+
+
+wildcard_constraints:
+    rule=r"[a-z_]+",
+    batch_size=r"\d+",
+
+
+def sections_json(*names):
+    """The parameter sections a step reads, as JSON for `batchscale --params`.
+
+    Passing only these sections makes Snakemake rerun a step when, and only when, the
+    parameters it depends on change.
+    """
+    return json.dumps({name: PARAMS[name] for name in names}, sort_keys=True)

@@ -1,0 +1,21 @@
+# Honest epoch timings for C3/C9: a job that claims every core runs with the machine to
+# itself (no training job shares it), at 1 thread and at all threads.
+rule time_epochs:
+    input:
+        data=PREPARED,
+    output:
+        "results/timing/bs{batch_size}.csv",
+    log:
+        "logs/time_epochs/bs{batch_size}.log",
+    conda:
+        ENV
+    threads: workflow.cores
+    resources:
+        mem_mb=1500,
+        runtime=30,
+    params:
+        sections=sections_json("data", "model", "train", "timing"),
+        threads=min(workflow.cores, MACHINE_CORES),
+    shell:
+        "batchscale time --params {params.sections:q} --batch-size {wildcards.batch_size}"
+        " --data {input.data} --out {output} --threads {params.threads} > {log} 2>&1"
