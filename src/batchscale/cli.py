@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import platform
 import sys
 import time
@@ -148,8 +149,10 @@ def cmd_time(args: argparse.Namespace) -> None:
     dataset = data.load(Path(args.data))
     train, timing = params["train"], params["timing"]
     device = engine.resolve_device(train["device"])
+    # Snakemake may grant more threads than this machine has (`--cores 4` on 2 CPUs).
+    most_threads = max(1, min(args.threads, len(os.sched_getaffinity(0))))
     rows = []
-    for threads in sorted({1, args.threads}):
+    for threads in sorted({1, most_threads}):
         torch.set_num_threads(threads)
         spec = engine.TrainSpec(
             batch_size=args.batch_size, seeds=[train["seeds"][0]], lrs=[train["base_lr"]],

@@ -1,6 +1,5 @@
 # Helpers shared by the rules: validated parameters and the grid of runs.
 import json
-import os
 import sys
 
 from batchscale import config as bs_config
@@ -18,8 +17,6 @@ BATCH_SIZES = sorted(PARAMS["grid"]["batch_sizes"])
 RUN_DIRS = [cell.run_dir for cell in CELLS]
 # The software environment of every rule (with --software-deployment-method conda).
 ENV = "../envs/batchscale.yaml"
-# Threads a job may really use: never more than this machine (or allocation) has.
-MACHINE_CORES = len(os.sched_getaffinity(0))
 
 
 wildcard_constraints:
