@@ -45,11 +45,12 @@ def synthetic_timing(direction: float = 1.0, repeats: int = 5):
         [
             {
                 "batch_size": b,
-                "threads": 2,
+                "threads": threads,
                 "repeat": r,
-                "epoch_seconds": (1 - direction * 0.002 * b) + 0.01 * rng.random(),
+                "epoch_seconds": (1 - direction * 0.002 * b) / threads + 0.01 * rng.random(),
             }
             for b in SIZES
+            for threads in (1, 2)
             for r in range(repeats)
         ]
     )
