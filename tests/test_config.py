@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from batchscale.config import ConfigError, cells, load, validate
+from batchscale.config import ConfigError, cells, load, run_dirs, validate
 
 from conftest import ROOT
 
@@ -16,8 +16,21 @@ def test_shipped_params_are_valid_and_complete():
     assert params["grid"]["lr_rules"] == ["none", "linear"]
     assert len(params["train"]["seeds"]) >= 5
     assert [(c.rule, c.batch_size) for c in cells(params)][:2] == [("none", 32), ("none", 64)]
-    lrs = {(c.rule, c.batch_size): c.lr(params) for c in cells(params)}
+    lrs = {(c.rule, c.batch_size): c.lr for c in cells(params)}
     assert lrs[("none", 256)] == 0.01 and lrs[("linear", 256)] == pytest.approx(0.08)
+
+
+def test_rules_that_agree_share_one_training_run():
+    params = validate({"grid": {"batch_sizes": [32, 64], "lr_rules": ["none", "linear", "sqrt"]}})
+    by_cell = {(c.rule, c.batch_size): c.run_dir for c in cells(params)}
+    assert (
+        by_cell[("none", 32)]
+        == by_cell[("linear", 32)]
+        == by_cell[("sqrt", 32)]
+        == "results/runs/bs32_lr0.01"
+    )
+    assert len(set(by_cell.values())) == 4  # 3 rules x 2 sizes, the three at B=32 shared
+    assert run_dirs(params)[0] == "results/runs/bs32_lr0.01"
 
 
 def test_empty_config_gets_every_default():

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from batchscale import aggregate, claims, report
-from batchscale.config import validate
+from batchscale.config import cells, validate
 from batchscale.io import write_csv_atomic
 from batchscale.scaling import scaled_lr
 
@@ -61,12 +61,12 @@ def fake_history(rule: str, batch_size: int, params: dict) -> pd.DataFrame:
 
 def write_tables(root: Path, params: dict) -> tuple[Path, Path]:
     """Run folders and timings -> the package's own aggregate and claims -> tables, claims.csv."""
-    run_dirs, timing_files = [], []
-    for rule in params["grid"]["lr_rules"]:
-        for b in SIZES:
-            run_dir = root / "runs" / rule / f"bs{b}"
-            write_csv_atomic(run_dir / "history.csv", fake_history(rule, b, params))
-            run_dirs.append(run_dir)
+    timing_files = []
+    grid = cells(params)
+    for cell in grid:  # rules that share a run (same LR at a batch size) write the same file
+        write_csv_atomic(
+            root / cell.run_dir / "history.csv", fake_history(cell.rule, cell.batch_size, params)
+        )
     for b in SIZES:
         rows = [
             {
@@ -82,7 +82,7 @@ def write_tables(root: Path, params: dict) -> tuple[Path, Path]:
         timing_files.append(root / "timing" / f"bs{b}.csv")
         write_csv_atomic(timing_files[-1], pd.DataFrame(rows))
     tables = root / "reports" / "tables"
-    aggregate.aggregate(run_dirs, timing_files, tables)
+    aggregate.aggregate(grid, timing_files, tables, root=root)
     runs, timing = pd.read_csv(tables / "runs.csv"), pd.read_csv(tables / "timing.csv")
     settings = claims.Settings.from_params(params)
     write_csv_atomic(tables / "article_comparison.csv", claims.article_comparison(runs, settings))

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from batchscale.config import Cell
 from batchscale.io import write_csv_atomic
 
 # A cell's validation loss has "passed its minimum" when the minimum came before the last
@@ -14,9 +15,18 @@ from batchscale.io import write_csv_atomic
 MIN_PASSED_RISE = 0.01
 
 
-def read_histories(run_dirs: list[Path]) -> pd.DataFrame:
-    """All runs' history.csv files in one tidy frame, one row per (rule, batch, seed, epoch)."""
-    frames = [pd.read_csv(Path(d) / "history.csv") for d in run_dirs]
+def read_histories(cells: list[Cell], root: Path) -> pd.DataFrame:
+    """Every cell's history in one tidy frame, one row per (rule, batch, seed, epoch).
+
+    A run shared by several rules (same batch size and LR) appears once per rule.
+    """
+    frames = []
+    for cell in cells:
+        run = pd.read_csv(root / cell.run_dir / "history.csv")
+        run = run.drop(columns=["rule", "batch_size"], errors="ignore")
+        run.insert(0, "batch_size", cell.batch_size)
+        run.insert(0, "rule", cell.rule)
+        frames.append(run)
     history = pd.concat(frames, ignore_index=True)
     return history.sort_values(["rule", "batch_size", "seed", "epoch"], ignore_index=True)
 
@@ -91,9 +101,12 @@ def mean_curves(history: pd.DataFrame) -> pd.DataFrame:
     return curves
 
 
-def aggregate(run_dirs: list[Path], timing_files: list[Path], tables_dir: Path) -> None:
-    """Write history.csv, runs.csv, timing.csv and curves.csv under `tables_dir`."""
-    history = read_histories(run_dirs)
+def aggregate(cells: list[Cell], timing_files: list[Path], tables_dir: Path, root: Path = Path()) -> None:
+    """Write history.csv, runs.csv, timing.csv and curves.csv under `tables_dir`.
+
+    Run folders are read relative to `root` (the project directory).
+    """
+    history = read_histories(cells, root)
     timing = read_timings(timing_files)
     runs = run_summaries(history, seconds_per_epoch(timing))
     write_csv_atomic(tables_dir / "history.csv", history)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import platform
 import sys
@@ -71,10 +72,10 @@ def _set_threads(threads: int) -> None:
     torch.set_num_threads(max(1, threads))
 
 
-def run_identity(params: dict, data_sha: str, rule: str, batch_size: int) -> str:
+def run_identity(params: dict, data_sha: str, lr: float, batch_size: int) -> str:
     """Hash of everything that determines a run's numbers (device and timings aside)."""
     train = {k: v for k, v in params["train"].items() if k != "device"}
-    key = {"data": data_sha, "model": params["model"], "train": train, "rule": rule, "batch_size": batch_size}
+    key = {"data": data_sha, "model": params["model"], "train": train, "lr": lr, "batch_size": batch_size}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -83,7 +84,6 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     from batchscale import data, engine
     from batchscale.io import save_torch_atomic, write_csv_atomic, write_json_atomic
-    from batchscale.scaling import scaled_lr
 
     params = load_params(args.params)
     dataset = data.load(Path(args.data))
@@ -93,7 +93,9 @@ def cmd_train(args: argparse.Namespace) -> None:
         raise ConfigError(
             f"--batch-size: {args.batch_size} exceeds the training set ({len(dataset.x_train)})"
         )
-    lr = scaled_lr(args.rule, train["base_lr"], train["base_batch_size"], args.batch_size)
+    lr = args.lr
+    if not (math.isfinite(lr) and lr > 0):
+        raise ConfigError(f"--lr: must be a positive finite number, got {lr}")
     spec = engine.TrainSpec(
         batch_size=args.batch_size,
         seeds=list(train["seeds"]),
@@ -105,13 +107,12 @@ def cmd_train(args: argparse.Namespace) -> None:
     device = engine.resolve_device(train["device"])
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    identity = run_identity(params, dataset.sha256, args.rule, args.batch_size)
+    identity = run_identity(params, dataset.sha256, lr, args.batch_size)
     ensemble = engine.Ensemble(params["model"], dataset, spec, device)
     started = time.perf_counter()
     state = engine.train(ensemble, checkpoint=out / "checkpoint.pt", identity=identity)
     history = pd.DataFrame(state.history)
     history.insert(0, "batch_size", args.batch_size)
-    history.insert(0, "rule", args.rule)
     save_torch_atomic(
         out / "weights.pt",
         {"seeds": spec.seeds, "final": state.params, "best": state.best, "init": state.init,
@@ -121,7 +122,6 @@ def cmd_train(args: argparse.Namespace) -> None:
         out / "summary.json",
         {
             "identity": identity,
-            "rule": args.rule,
             "batch_size": args.batch_size,
             "lr": lr,
             "seeds": spec.seeds,
@@ -175,8 +175,10 @@ def cmd_time(args: argparse.Namespace) -> None:
 
 def cmd_aggregate(args: argparse.Namespace) -> None:
     from batchscale.aggregate import aggregate
+    from batchscale.config import cells
 
-    aggregate([Path(d) for d in args.runs], [Path(f) for f in args.timing], Path(args.out_dir))
+    params = load_params(args.params)
+    aggregate(cells(params), [Path(f) for f in args.timing], Path(args.out_dir))
 
 
 def cmd_claims(args: argparse.Namespace) -> None:
@@ -239,9 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", required=True, help="output .npz path, e.g. data/prepared/mnist1d.npz")
 
-    p = add("train", cmd_train, "Train all seeds of one (LR rule, batch size) cell as one ensemble.")
-    p.add_argument("--rule", required=True, help="LR-scaling rule: none, linear or sqrt")
+    p = add("train", cmd_train, "Train all seeds at one batch size and learning rate as one ensemble.")
     p.add_argument("--batch-size", type=int, required=True, help="examples per step")
+    p.add_argument("--lr", type=float, required=True, help="learning rate (the grid's rules decide it)")
     p.add_argument("--data", required=True, help="prepared .npz data file")
     p.add_argument("--out-dir", required=True, help="run folder: history.csv, summary.json, weights.pt")
     p.add_argument("--threads", type=int, default=1, help="CPU threads for torch (default 1)")
@@ -254,8 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--threads", type=int, default=1, help="the most threads to time with")
 
-    p = add("aggregate", cmd_aggregate, "Collect run folders and timings into tidy tables.")
-    p.add_argument("--runs", nargs="+", required=True, help="run folders (each with history.csv)")
+    p = add(
+        "aggregate", cmd_aggregate, "Collect the grid's runs (from --params) and timings into tidy tables."
+    )
     p.add_argument("--timing", nargs="*", default=[], help="timing CSVs from `batchscale time`")
     p.add_argument(
         "--out-dir", required=True, help="folder for history.csv, runs.csv, timing.csv, curves.csv"

@@ -131,24 +131,40 @@ def load(paths: list[Path | str]) -> dict:
 
 @dataclass(frozen=True)
 class Cell:
-    """One training job: a batch size under one LR-scaling rule (all seeds inside)."""
+    """One cell of the grid: a batch size under one LR-scaling rule (all seeds inside).
+
+    Training is identified by what it computes, (batch size, learning rate), not by the
+    rule's name: two rules that give the same LR at a batch size (every rule agrees at
+    the base batch size) share one training run instead of computing it twice.
+    """
 
     rule: str
     batch_size: int
+    lr: float
 
     @property
     def run_dir(self) -> str:
-        return f"results/runs/{self.rule}/bs{self.batch_size}"
+        return run_dir(self.batch_size, self.lr)
 
-    def lr(self, params: dict) -> float:
-        train = params["train"]
-        return scaled_lr(self.rule, train["base_lr"], train["base_batch_size"], self.batch_size)
+
+def run_dir(batch_size: int, lr: float) -> str:
+    """Where the run training at (batch_size, lr) writes; repr(lr) round-trips exactly."""
+    return f"results/runs/bs{batch_size}_lr{lr!r}"
 
 
 def cells(params: dict) -> list[Cell]:
     """The grid of runs, in a fixed order: rules as listed, batch sizes ascending."""
-    grid = params["grid"]
-    return [Cell(rule, bs) for rule in grid["lr_rules"] for bs in sorted(grid["batch_sizes"])]
+    grid, train = params["grid"], params["train"]
+    return [
+        Cell(rule, bs, scaled_lr(rule, train["base_lr"], train["base_batch_size"], bs))
+        for rule in grid["lr_rules"]
+        for bs in sorted(grid["batch_sizes"])
+    ]
+
+
+def run_dirs(params: dict) -> list[str]:
+    """The distinct training runs the grid needs, in grid order."""
+    return list(dict.fromkeys(cell.run_dir for cell in cells(params)))
 
 
 def prepared_path(params: dict) -> str:

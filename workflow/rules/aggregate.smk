@@ -12,10 +12,10 @@ rule aggregate:
     conda:
         ENV
     params:
-        run_dirs=RUN_DIRS,
+        sections=sections_json("data", "grid", "train"),
         out_dir=subpath(output.history, parent=True),
     shell:
-        "batchscale aggregate --runs {params.run_dirs} --timing {input.timing}"
+        "batchscale aggregate --params {params.sections:q} --timing {input.timing}"
         " --out-dir {params.out_dir} > {log} 2>&1"
 
 

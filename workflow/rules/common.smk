@@ -11,17 +11,16 @@ try:
 except bs_config.ConfigError as exc:
     sys.exit(f"batchscale: invalid configuration: {exc}")
 
-CELLS = bs_config.cells(PARAMS)
 PREPARED = bs_config.prepared_path(PARAMS)
 BATCH_SIZES = sorted(PARAMS["grid"]["batch_sizes"])
-RUN_DIRS = [cell.run_dir for cell in CELLS]
+RUN_DIRS = bs_config.run_dirs(PARAMS)
 # The software environment of every rule (with --software-deployment-method conda).
 ENV = "../envs/batchscale.yaml"
 
 
 wildcard_constraints:
-    rule=r"[a-z_]+",
     batch_size=r"\d+",
+    lr=r"[0-9][0-9.e+-]*",
 
 
 def sections_json(*names):

@@ -1,13 +1,14 @@
-# One job per (LR-scaling rule x batch size); all seeds of the cell train as one ensemble.
+# One job per distinct (batch size, learning rate) of the grid; all seeds train as one
+# ensemble. Rules that agree at a batch size (all do at the base batch size) share the job.
 rule train:
     input:
         data=PREPARED,
     output:
-        history="results/runs/{rule}/bs{batch_size}/history.csv",
-        summary="results/runs/{rule}/bs{batch_size}/summary.json",
-        weights="results/runs/{rule}/bs{batch_size}/weights.pt",
+        history="results/runs/bs{batch_size}_lr{lr}/history.csv",
+        summary="results/runs/bs{batch_size}_lr{lr}/summary.json",
+        weights="results/runs/bs{batch_size}_lr{lr}/weights.pt",
     log:
-        "logs/train/{rule}_bs{batch_size}.log",
+        "logs/train/bs{batch_size}_lr{lr}.log",
     conda:
         ENV
     threads: 1
@@ -18,6 +19,6 @@ rule train:
         sections=sections_json("data", "model", "train"),
         out_dir=subpath(output.history, parent=True),
     shell:
-        "batchscale train --params {params.sections:q} --rule {wildcards.rule}"
-        " --batch-size {wildcards.batch_size} --data {input.data} --out-dir {params.out_dir}"
+        "batchscale train --params {params.sections:q} --batch-size {wildcards.batch_size}"
+        " --lr {wildcards.lr} --data {input.data} --out-dir {params.out_dir}"
         " --threads {threads} > {log} 2>&1"
