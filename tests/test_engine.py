@@ -128,3 +128,32 @@ def test_divergent_member_is_recorded_and_others_finish():
 def test_lr_warmup_ramps_linearly_then_holds():
     assert [lr_factor(s, 4) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
     assert lr_factor(0, 0) == 1.0
+
+
+def test_gradient_competition_is_one_for_identical_examples_and_matches_the_probe():
+    from batchscale import probes
+
+    data = tiny_dataset()
+    spec = TrainSpec(batch_size=8, seeds=[0, 1], lrs=[0.05, 0.05], epochs=1, momentum=0.9)
+    ensemble = Ensemble(MODELS[0], data, spec, torch.device("cpu"))
+    state = ensemble.fresh_state()
+    perms = ensemble.epoch_permutations(state)
+    ratio = ensemble.grad_competition(state, perms)
+    for member in range(2):
+        idx = perms[member, : spec.batch_size]
+        expected = probes.gradient_competition(
+            ensemble.base,
+            probes.member_params(state.params, member),
+            {},
+            data.x_train[idx],
+            data.y_train[idx],
+        )
+        assert ratio[member].item() == pytest.approx(expected, rel=1e-5)
+    same = Dataset(
+        x_train=data.x_train[:1].repeat(64, 1), y_train=data.y_train[:1].repeat(64),
+        x_val=data.x_val, y_val=data.y_val, num_classes=3,
+    )  # fmt: skip
+    identical = Ensemble(MODELS[0], same, spec, torch.device("cpu"))
+    state = identical.fresh_state()
+    ratio = identical.grad_competition(state, identical.epoch_permutations(state))
+    torch.testing.assert_close(ratio, torch.ones(2))

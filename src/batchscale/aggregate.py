@@ -15,20 +15,58 @@ from batchscale.io import write_csv_atomic
 MIN_PASSED_RISE = 0.01
 
 
-def read_histories(cells: list[Cell], root: Path) -> pd.DataFrame:
-    """Every cell's history in one tidy frame, one row per (rule, batch, seed, epoch).
+def _labelled(frame: pd.DataFrame, cell: Cell) -> pd.DataFrame:
+    frame = frame.drop(columns=["rule", "batch_size"], errors="ignore")
+    frame.insert(0, "batch_size", cell.batch_size)
+    frame.insert(0, "rule", cell.rule)
+    return frame
 
-    A run shared by several rules (same batch size and LR) appears once per rule.
+
+def read_per_cell(cells: list[Cell], folder: str, name: str, root: Path) -> pd.DataFrame:
+    """A per-run table for every cell, labelled with the cell's rule and batch size.
+
+    A run shared by several rules (same batch size and LR) appears once per rule. Cells
+    whose file is absent (no probes were run) are left out.
     """
     frames = []
     for cell in cells:
-        run = pd.read_csv(root / cell.run_dir / "history.csv")
-        run = run.drop(columns=["rule", "batch_size"], errors="ignore")
-        run.insert(0, "batch_size", cell.batch_size)
-        run.insert(0, "rule", cell.rule)
-        frames.append(run)
-    history = pd.concat(frames, ignore_index=True)
+        path = root / getattr(cell, folder) / name
+        if path.exists():
+            frames.append(_labelled(pd.read_csv(path), cell))
+    return (
+        pd.concat(frames, ignore_index=True)
+        if frames
+        else pd.DataFrame(columns=["rule", "batch_size", "seed"])
+    )
+
+
+def read_histories(cells: list[Cell], root: Path) -> pd.DataFrame:
+    """Every cell's history in one tidy frame, one row per (rule, batch, seed, epoch)."""
+    history = read_per_cell(cells, "run_dir", "history.csv", root)
     return history.sort_values(["rule", "batch_size", "seed", "epoch"], ignore_index=True)
+
+
+def slice_rise(slices: pd.DataFrame) -> pd.DataFrame:
+    """Per run: mean over the 1-D slice of L(alpha) - L(0), how fast the loss rises around
+    the solution along a filter-normalised direction (a sharpness read off the picture)."""
+    if slices.empty:
+        return pd.DataFrame(columns=["rule", "batch_size", "seed", "slice_rise"])
+    keys = ["rule", "batch_size", "seed"]
+    centre = slices.loc[slices["alpha"].abs() < 1e-12].set_index(keys)["train_loss"]
+    mean = slices.groupby(keys)["train_loss"].mean()
+    return (mean - centre).rename("slice_rise").reset_index()
+
+
+def probe_summaries(sharpness: pd.DataFrame, slices: pd.DataFrame) -> pd.DataFrame:
+    """One row per run: sharpness of best and final weights, and the slice rise."""
+    keys = ["rule", "batch_size", "seed"]
+    if sharpness.empty:
+        return pd.DataFrame(columns=keys)
+    wide = sharpness.pivot_table(
+        index=keys, columns="weights", values=["top_eigenvalue", "eps_sharpness"], aggfunc="first"
+    )
+    wide.columns = [f"{metric}_{which}" for metric, which in wide.columns]
+    return wide.reset_index().merge(slice_rise(slices), on=keys, how="left")
 
 
 def run_summaries(history: pd.DataFrame, seconds_per_epoch: pd.Series) -> pd.DataFrame:
@@ -43,6 +81,8 @@ def run_summaries(history: pd.DataFrame, seconds_per_epoch: pd.Series) -> pd.Dat
         run = run.sort_values("epoch")
         finite = run[np.isfinite(run["val_loss"]) & ~run["diverged"].astype(bool)]
         diverged = run.loc[run["diverged"].astype(bool), "epoch"]
+        # Mean over epochs of the start-of-epoch gradient competition (NaN-skipping).
+        competition = run["grad_competition"] if "grad_competition" in run else pd.Series(dtype=float)
         row = {
             "rule": rule,
             "batch_size": batch_size,
@@ -50,6 +90,7 @@ def run_summaries(history: pd.DataFrame, seconds_per_epoch: pd.Series) -> pd.Dat
             "lr": run["lr"].iloc[-1],
             "epochs": int(run["epoch"].max()),
             "diverged_epoch": int(diverged.min()) if len(diverged) else -1,
+            "grad_competition": competition.mean(),
         }
         if len(finite):
             best = finite.loc[finite["val_loss"].idxmin()]
@@ -101,14 +142,37 @@ def mean_curves(history: pd.DataFrame) -> pd.DataFrame:
     return curves
 
 
-def aggregate(cells: list[Cell], timing_files: list[Path], tables_dir: Path, root: Path = Path()) -> None:
-    """Write history.csv, runs.csv, timing.csv and curves.csv under `tables_dir`.
+def read_landscape(landscape_dir: Path | None, name: str) -> pd.DataFrame:
+    path = landscape_dir / name if landscape_dir else None
+    return (
+        pd.read_csv(path) if path and path.exists() else pd.DataFrame(columns=["seed", "alpha", "train_loss"])
+    )
 
-    Run folders are read relative to `root` (the project directory).
+
+def aggregate(
+    cells: list[Cell],
+    timing_files: list[Path],
+    tables_dir: Path,
+    root: Path = Path(),
+    landscape_dir: Path | None = None,
+) -> None:
+    """Write the tidy tables under `tables_dir`: history, runs, timing, curves, sharpness,
+    slices, interpolation and contour (the last four empty when no probes were run).
+
+    Run and probe folders are read relative to `root` (the project directory).
     """
     history = read_histories(cells, root)
     timing = read_timings(timing_files)
+    sharpness = read_per_cell(cells, "probe_dir", "sharpness.csv", root)
+    slices = read_per_cell(cells, "probe_dir", "slices.csv", root)
     runs = run_summaries(history, seconds_per_epoch(timing))
+    probed = probe_summaries(sharpness, slices)
+    if len(probed.columns) > 3:
+        runs = runs.merge(probed, on=["rule", "batch_size", "seed"], how="left")
+    write_csv_atomic(tables_dir / "sharpness.csv", sharpness)
+    write_csv_atomic(tables_dir / "slices.csv", slices)
+    write_csv_atomic(tables_dir / "interpolation.csv", read_landscape(landscape_dir, "interpolation.csv"))
+    write_csv_atomic(tables_dir / "contour.csv", read_landscape(landscape_dir, "contour.csv"))
     write_csv_atomic(tables_dir / "history.csv", history)
     write_csv_atomic(tables_dir / "runs.csv", runs)
     write_csv_atomic(tables_dir / "timing.csv", timing)

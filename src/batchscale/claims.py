@@ -48,13 +48,6 @@ CLAIM_TEXT = {
     "C12": "Loss-landscape pictures show the sharp vs flat difference.",
 }
 
-NOT_YET_MEASURED = {
-    "C5": "top Hessian eigenvalue and epsilon-sharpness vs batch size",
-    "C10": "update norm and batch-gradient competition ratio vs batch size",
-    "C11": "throughput at 1 thread vs all threads vs batch size",
-    "C12": "1-D interpolation and filter-normalised slices around each solution",
-}
-
 
 @dataclass
 class ClaimResult:
@@ -141,6 +134,78 @@ def trend_claim(
     result.summary = f"{metric_text.capitalize()} (mean over seeds) {shown}; rho = {_fmt(est)}." + (
         f" Inconclusive: {problem}." if problem else ""
     )
+    return result
+
+
+@dataclass(frozen=True)
+class TrendPart:
+    """One measured trend a claim rests on: `metric` should move with batch size as `sign`."""
+
+    metric: str
+    text: str
+    sign: int
+
+
+def trend_parts_claim(
+    claim_id: str, runs: pd.DataFrame, parts: list[TrendPart], settings: Settings, rule: str = "none"
+) -> ClaimResult:
+    """A claim resting on several trends (e.g. two sharpness measures): each part is decided
+    like `trend_claim`; the claim holds only if every part does (`stats.combine`)."""
+    first = parts[0]
+    result = ClaimResult(
+        claim_id,
+        CLAIM_TEXT[claim_id],
+        "mean Spearman rho(batch size, " + " | ".join(p.text for p in parts) + f"), LR rule '{rule}'",
+        " and ".join(f"rho {'>' if p.sign > 0 else '<'} 0" for p in parts),
+        rule=TREND_RULE.format(conf=settings.confidence, side="on the claimed side of")
+        + (" Every part must hold." if len(parts) > 1 else ""),
+    )
+    missing = [p.metric for p in parts if p.metric not in runs or runs[p.metric].isna().all()]
+    if missing or rule not in set(runs["rule"]):
+        what = f"no measurements of {', '.join(missing)}" if missing else f"no runs with LR rule '{rule}'"
+        result.summary = f"Not tested: {what}."
+        return result
+    verdicts, pieces = [], []
+    for part in parts:
+        table = _by_seed(runs, rule, part.metric)
+        est = settings.trend(table)
+        problem = _too_little(table, settings)
+        verdict = stats.INCONCLUSIVE if problem else stats.sign_verdict(est, part.sign)
+        verdicts.append(verdict)
+        means = ", ".join(f"B={b}: {v:.3g}" for b, v in table.mean().items())
+        pieces.append(f"{part.text} {means}; rho = {_fmt(est)} ({verdict})")
+        if part is first:
+            result.observed, result.ci_low, result.ci_high = est.value, est.ci_low, est.ci_high
+            result.n_seeds = len(table)
+    result.verdict = stats.combine(verdicts)
+    result.summary = "Mean over seeds: " + " | ".join(pieces) + "."
+    return result
+
+
+def speedup_claim(timing: pd.DataFrame, settings: Settings) -> ClaimResult:
+    """C11: the speed-up from using all threads instead of one grows with batch size."""
+    result = ClaimResult(
+        "C11",
+        CLAIM_TEXT["C11"],
+        "mean Spearman rho(batch size, speed-up = seconds per epoch at 1 thread / at all threads)",
+        "rho > 0",
+        rule=TREND_RULE.format(conf=settings.confidence, side="above")
+        + " Resamples are timing repeats (repeat r at 1 thread paired with repeat r at all threads).",
+    )
+    if timing.empty or timing["threads"].nunique() < 2:
+        result.summary = "Not tested: epochs were timed at one thread count only (a 1-CPU machine)."
+        return result
+    most = timing["threads"].max()
+    times = timing.pivot_table(index=["repeat", "batch_size"], columns="threads", values="epoch_seconds")
+    speedup = (times[1] / times[most]).unstack("batch_size")
+    result.n_seeds = len(speedup)
+    est = settings.trend(speedup)
+    result.observed, result.ci_low, result.ci_high = est.value, est.ci_low, est.ci_high
+    problem = _too_little(speedup, settings)
+    result.verdict = stats.INCONCLUSIVE if problem else stats.sign_verdict(est, +1)
+    shown = ", ".join(f"B={b}: {v:.2f}x" for b, v in speedup.median().items())
+    device = ", ".join(sorted(set(timing["device"]))) if "device" in timing else "cpu"
+    result.summary = f"Median speed-up of {most} threads over 1 on {device}: {shown}; rho = {_fmt(est)}."
     return result
 
 
@@ -289,17 +354,6 @@ def wallclock_claim(runs: pd.DataFrame, settings: Settings) -> ClaimResult:
     return result
 
 
-def not_tested(claim_id: str) -> ClaimResult:
-    return ClaimResult(
-        claim_id,
-        CLAIM_TEXT[claim_id],
-        NOT_YET_MEASURED[claim_id],
-        "",
-        rule="The pipeline does not measure this yet.",
-        summary=f"Not tested: this version does not measure {NOT_YET_MEASURED[claim_id]}.",
-    )
-
-
 def decide_all(runs: pd.DataFrame, timing: pd.DataFrame, params: dict) -> pd.DataFrame:
     """Every claim C1-C12 with its statistic, interval and verdict, in claim order."""
     settings = Settings.from_params(params)
@@ -312,8 +366,31 @@ def decide_all(runs: pd.DataFrame, timing: pd.DataFrame, params: dict) -> pd.Dat
         "C9": wallclock_claim(runs, settings),
     }
     results.update({c.claim_id: c for c in gap_claims(runs, settings)})
-    for claim_id in NOT_YET_MEASURED:
-        results[claim_id] = not_tested(claim_id)
+    results["C5"] = trend_parts_claim(
+        "C5",
+        runs,
+        [
+            TrendPart("top_eigenvalue_best", "top Hessian eigenvalue (best weights)", +1),
+            TrendPart("eps_sharpness_best", "epsilon-sharpness (best weights)", +1),
+        ],
+        settings,
+    )
+    results["C10"] = trend_parts_claim(
+        "C10",
+        runs,
+        [
+            TrendPart("mean_update_norm", "norm of an epoch's weight update", -1),
+            TrendPart("grad_competition", "|mean gradient| / mean |gradient| in a batch", -1),
+        ],
+        settings,
+    )
+    results["C11"] = speedup_claim(timing, settings)
+    results["C12"] = trend_parts_claim(
+        "C12",
+        runs,
+        [TrendPart("slice_rise", "rise of the loss along a filter-normalised 1-D slice", +1)],
+        settings,
+    )
     unpassed = runs[~runs["min_passed"].fillna(False).astype(bool)]
     if len(unpassed) and "C4" in results:
         cells = sorted({f"{r}/bs{b}" for r, b in zip(unpassed["rule"], unpassed["batch_size"], strict=True)})

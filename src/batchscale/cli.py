@@ -173,12 +173,51 @@ def cmd_time(args: argparse.Namespace) -> None:
     write_csv_atomic(Path(args.out), pd.DataFrame(rows))
 
 
+def cmd_probe(args: argparse.Namespace) -> None:
+    from batchscale import data, probe_runs
+    from batchscale.io import write_csv_atomic
+
+    params = load_params(args.params)
+    _set_threads(args.threads)
+    dataset = data.load(Path(args.data))
+    run = probe_runs.load_run(Path(args.run_dir), params["model"], dataset)
+    x, y = probe_runs.probe_subset(dataset, params["probes"]["examples"])
+    out = Path(args.out_dir)
+    write_csv_atomic(out / "sharpness.csv", probe_runs.sharpness_rows(run, x, y, params["probes"]))
+    write_csv_atomic(out / "slices.csv", probe_runs.slice_rows(run, x, y, params["probes"]))
+
+
+def cmd_landscape(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from batchscale import data, probe_runs
+    from batchscale.io import write_csv_atomic
+
+    params = load_params(args.params)
+    _set_threads(args.threads)
+    dataset = data.load(Path(args.data))
+    settings = params["probes"]
+    small = probe_runs.load_run(Path(args.small), params["model"], dataset)
+    large = probe_runs.load_run(Path(args.large), params["model"], dataset)
+    x, y = probe_runs.probe_subset(dataset, settings["examples"])
+    out = Path(args.out_dir)
+    points = settings["interpolation_points"]
+    interpolation = probe_runs.interpolation_rows(small, large, dataset, x, y, points)
+    write_csv_atomic(out / "interpolation.csv", interpolation)
+    contours = [
+        probe_runs.contour_rows(run, x, y, settings).assign(batch_size=batch_size)
+        for run, batch_size in ((small, args.small_batch_size), (large, args.large_batch_size))
+    ]
+    write_csv_atomic(out / "contour.csv", pd.concat(contours, ignore_index=True))
+
+
 def cmd_aggregate(args: argparse.Namespace) -> None:
     from batchscale.aggregate import aggregate
     from batchscale.config import cells
 
     params = load_params(args.params)
-    aggregate(cells(params), [Path(f) for f in args.timing], Path(args.out_dir))
+    landscape = Path(args.landscape_dir) if args.landscape_dir else None
+    aggregate(cells(params), [Path(f) for f in args.timing], Path(args.out_dir), landscape_dir=landscape)
 
 
 def cmd_claims(args: argparse.Namespace) -> None:
@@ -256,10 +295,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--threads", type=int, default=1, help="the most threads to time with")
 
+    p = add("probe", cmd_probe, "Sharpness (Hessian, epsilon) and 1-D loss slices of a run's members.")
+    p.add_argument("--run-dir", required=True, help="run folder with weights.pt")
+    p.add_argument("--data", required=True, help="prepared .npz data file")
+    p.add_argument("--out-dir", required=True, help="folder for sharpness.csv and slices.csv")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads for torch (default 1)")
+
+    p = add("landscape", cmd_landscape, "Interpolate between two runs' solutions; 2-D contours around each.")
+    p.add_argument("--small", required=True, help="run folder of the small-batch solution")
+    p.add_argument("--large", required=True, help="run folder of the large-batch solution")
+    p.add_argument("--small-batch-size", type=int, required=True, help="its batch size (labels the contour)")
+    p.add_argument("--large-batch-size", type=int, required=True, help="its batch size (labels the contour)")
+    p.add_argument("--data", required=True, help="prepared .npz data file")
+    p.add_argument("--out-dir", required=True, help="folder for interpolation.csv and contour.csv")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads for torch (default 1)")
+
     p = add(
         "aggregate", cmd_aggregate, "Collect the grid's runs (from --params) and timings into tidy tables."
     )
     p.add_argument("--timing", nargs="*", default=[], help="timing CSVs from `batchscale time`")
+    p.add_argument("--landscape-dir", help="folder written by `batchscale landscape`, if it ran")
     p.add_argument(
         "--out-dir", required=True, help="folder for history.csv, runs.csv, timing.csv, curves.csv"
     )

@@ -143,13 +143,17 @@ class Cell:
     lr: float
 
     @property
+    def run_key(self) -> str:
+        """Names the training run; repr(lr) round-trips the float exactly."""
+        return f"bs{self.batch_size}_lr{self.lr!r}"
+
+    @property
     def run_dir(self) -> str:
-        return run_dir(self.batch_size, self.lr)
+        return f"results/runs/{self.run_key}"
 
-
-def run_dir(batch_size: int, lr: float) -> str:
-    """Where the run training at (batch_size, lr) writes; repr(lr) round-trips exactly."""
-    return f"results/runs/bs{batch_size}_lr{lr!r}"
+    @property
+    def probe_dir(self) -> str:
+        return f"results/probes/{self.run_key}"
 
 
 def cells(params: dict) -> list[Cell]:
@@ -165,6 +169,21 @@ def cells(params: dict) -> list[Cell]:
 def run_dirs(params: dict) -> list[str]:
     """The distinct training runs the grid needs, in grid order."""
     return list(dict.fromkeys(cell.run_dir for cell in cells(params)))
+
+
+def probe_dirs(params: dict) -> list[str]:
+    return list(dict.fromkeys(cell.probe_dir for cell in cells(params)))
+
+
+def landscape_pair(params: dict) -> tuple[Cell, Cell] | None:
+    """The smallest- and largest-batch cells whose solutions the landscape pictures compare:
+    under the constant-LR rule when the grid has it (the article's setting), else the first."""
+    grid = cells(params)
+    rule = "none" if any(c.rule == "none" for c in grid) else grid[0].rule
+    same_rule = [c for c in grid if c.rule == rule]
+    if len(same_rule) < 2:
+        return None
+    return same_rule[0], same_rule[-1]
 
 
 def prepared_path(params: dict) -> str:

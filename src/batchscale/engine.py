@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, grad_and_value, stack_module_state, vmap
+from torch.func import functional_call, grad, grad_and_value, stack_module_state, vmap
 
 from batchscale.data import Dataset
 from batchscale.io import load_torch, save_torch_atomic
@@ -109,6 +109,8 @@ class Ensemble:
         self.base: nn.Module = copy.deepcopy(models[0]).to("meta")
         self.peak_lrs = torch.tensor(spec.lrs, dtype=torch.float32, device=device)
         self._grad_step = vmap(grad_and_value(self._loss))
+        # Per-example gradients of every member: members outside, examples inside.
+        self._per_example_grads = vmap(vmap(grad(self._example_loss), in_dims=(None, None, 0, 0)))
         self._evaluate = vmap(self._eval_sums, in_dims=(0, 0, None, None))
 
     @property
@@ -117,6 +119,9 @@ class Ensemble:
 
     def _loss(self, params, buffers, x, y):
         return F.cross_entropy(functional_call(self.base, (params, buffers), (x,)), y)
+
+    def _example_loss(self, params, buffers, x, y):
+        return self._loss(params, buffers, x.unsqueeze(0), y.unsqueeze(0))
 
     def _eval_sums(self, params, buffers, x, y):
         logits = functional_call(self.base, (params, buffers), (x,))
@@ -152,7 +157,7 @@ class Ensemble:
             correct += chunk_correct
         return loss_sum / len(x), correct / len(x)
 
-    def _epoch_permutations(self, state: EnsembleState) -> torch.Tensor:
+    def epoch_permutations(self, state: EnsembleState) -> torch.Tensor:
         """One shuffle of the training set per member, from that member's own generator."""
         num_train = len(self.data.x_train)
         perms = []
@@ -164,15 +169,26 @@ class Ensemble:
         return torch.stack(perms).to(self.device)
 
     @torch.no_grad()
-    def train_epoch(self, state: EnsembleState) -> torch.Tensor:
-        """One pass over the training set for every member, in place on `state`.
+    def grad_competition(self, state: EnsembleState, perms: torch.Tensor) -> torch.Tensor:
+        """|mean of per-example gradients| / mean of |per-example gradient| on the epoch's first
+        batch, at the weights the epoch starts from: 1 when the examples' gradients agree,
+        1/sqrt(B) when they are orthogonal (C10's "gradients compete inside a batch")."""
+        idx = perms[:, : self.spec.batch_size]
+        x, y = self.data.x_train[idx], self.data.y_train[idx]
+        grads = self._per_example_grads(state.params, state.buffers, x, y)
+        flat = torch.cat([g.flatten(2) for g in grads.values()], dim=2)  # members, examples, weights
+        return flat.mean(1).norm(dim=1) / flat.norm(dim=2).mean(1)
+
+    @torch.no_grad()
+    def train_epoch(self, state: EnsembleState, perms: torch.Tensor) -> torch.Tensor:
+        """One pass over the training set for every member, in the order `perms` gives
+        (one row per member, from `epoch_permutations`), in place on `state`.
 
         Returns each member's training loss averaged over the epoch's examples as they were
         seen (the running loss that training curves usually show), kept on the device.
         """
         spec = self.spec
         x, y = self.data.x_train, self.data.y_train
-        perms = self._epoch_permutations(state)
         steps = spec.steps_per_epoch(len(x))
         warmup_steps = spec.warmup_epochs * steps
         active = (state.diverged_epoch < 0).float()
@@ -193,12 +209,17 @@ class Ensemble:
         return loss_sum / len(x)
 
     def record_epoch(
-        self, state: EnsembleState, seconds: float, before: dict | None, train_loss: torch.Tensor | None
+        self,
+        state: EnsembleState,
+        seconds: float,
+        before: dict | None,
+        train_loss: torch.Tensor | None,
+        competition: torch.Tensor | None,
     ) -> list[dict]:
         """Measure every member after an epoch; update best weights and divergence marks.
 
         `train_loss` is the epoch's running loss; at initialisation (None) the training set
-        is evaluated instead.
+        is evaluated instead. `competition` was measured at the start of the epoch.
         """
         if train_loss is None:
             train_loss, _ = self.evaluate(state, self.data.x_train, self.data.y_train)
@@ -217,6 +238,7 @@ class Ensemble:
         factor = lr_factor(max(state.epoch * steps - 1, 0), self.spec.warmup_epochs * steps)
         columns = {
             "train_loss": train_loss,
+            "grad_competition": competition,
             "val_loss": val_loss,
             "val_acc": val_acc,
             "dist_from_init": dist,
@@ -279,18 +301,20 @@ def train(
     state = load_checkpoint(checkpoint, identity, ensemble.device) if checkpoint else None
     if state is None:
         state = ensemble.fresh_state()
-        ensemble.record_epoch(state, math.nan, None, None)
+        ensemble.record_epoch(state, math.nan, None, None, None)
     else:
         log(f"resuming from {checkpoint} at epoch {state.epoch}")
     sync = torch.cuda.synchronize if ensemble.device.type == "cuda" else (lambda: None)
     while state.epoch < ensemble.spec.epochs:
         before = {k: v.clone() for k, v in state.params.items()}
+        perms = ensemble.epoch_permutations(state)
+        competition = ensemble.grad_competition(state, perms)
         sync()
         start = time.perf_counter()
-        train_loss = ensemble.train_epoch(state)
+        train_loss = ensemble.train_epoch(state, perms)
         sync()
         seconds = time.perf_counter() - start
-        rows = ensemble.record_epoch(state, seconds, before, train_loss)
+        rows = ensemble.record_epoch(state, seconds, before, train_loss, competition)
         log(_progress_line(rows, state, ensemble.spec.epochs, seconds))
         if checkpoint:
             save_torch_atomic(checkpoint, _state_to_dict(state, identity))
@@ -314,12 +338,12 @@ def time_epochs(ensemble: Ensemble, warmup: int, repeats: int) -> list[float]:
     state = ensemble.fresh_state()
     sync = torch.cuda.synchronize if ensemble.device.type == "cuda" else (lambda: None)
     for _ in range(warmup):
-        ensemble.train_epoch(state)
+        ensemble.train_epoch(state, ensemble.epoch_permutations(state))
     times = []
     for _ in range(repeats):
         sync()
         start = time.perf_counter()
-        ensemble.train_epoch(state)
+        ensemble.train_epoch(state, ensemble.epoch_permutations(state))
         sync()
         times.append(time.perf_counter() - start)
     return times

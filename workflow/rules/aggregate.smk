@@ -2,11 +2,17 @@ rule aggregate:
     input:
         runs=[f"{d}/history.csv" for d in RUN_DIRS],
         timing=expand("results/timing/bs{batch_size}.csv", batch_size=BATCH_SIZES),
+        probes=[f"{d}/{name}.csv" for d in PROBE_DIRS for name in ("sharpness", "slices")],
+        landscape=LANDSCAPE,
     output:
         history="reports/tables/history.csv",
         runs="reports/tables/runs.csv",
         timing="reports/tables/timing.csv",
         curves="reports/tables/curves.csv",
+        sharpness="reports/tables/sharpness.csv",
+        slices="reports/tables/slices.csv",
+        interpolation="reports/tables/interpolation.csv",
+        contour="reports/tables/contour.csv",
     log:
         "logs/aggregate.log",
     conda:
@@ -14,9 +20,10 @@ rule aggregate:
     params:
         sections=sections_json("data", "grid", "train"),
         out_dir=subpath(output.history, parent=True),
+        landscape=f"--landscape-dir results/landscape" if LANDSCAPE else "",
     shell:
         "batchscale aggregate --params {params.sections:q} --timing {input.timing}"
-        " --out-dir {params.out_dir} > {log} 2>&1"
+        " {params.landscape} --out-dir {params.out_dir} > {log} 2>&1"
 
 
 rule claims:

@@ -14,6 +14,9 @@ except bs_config.ConfigError as exc:
 PREPARED = bs_config.prepared_path(PARAMS)
 BATCH_SIZES = sorted(PARAMS["grid"]["batch_sizes"])
 RUN_DIRS = bs_config.run_dirs(PARAMS)
+PROBE_DIRS = bs_config.probe_dirs(PARAMS)
+LANDSCAPE_PAIR = bs_config.landscape_pair(PARAMS)
+LANDSCAPE = ["results/landscape/interpolation.csv", "results/landscape/contour.csv"] if LANDSCAPE_PAIR else []
 # The software environment of every rule (with --software-deployment-method conda).
 ENV = "../envs/batchscale.yaml"
 
@@ -21,6 +24,7 @@ ENV = "../envs/batchscale.yaml"
 wildcard_constraints:
     batch_size=r"\d+",
     lr=r"[0-9][0-9.e+-]*",
+    run=r"bs\d+_lr[0-9][0-9.e+-]*",
 
 
 def sections_json(*names):

@@ -1,0 +1,58 @@
+# Probes of each trained run (fan-out per run, cached like training): sharpness of every
+# member's best and final weights (C5) and 1-D filter-normalised loss slices (C12).
+rule probe:
+    input:
+        weights="results/runs/{run}/weights.pt",
+        data=PREPARED,
+    output:
+        sharpness="results/probes/{run}/sharpness.csv",
+        slices="results/probes/{run}/slices.csv",
+    log:
+        "logs/probe/{run}.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=1500,
+        runtime=60,
+    params:
+        sections=sections_json("data", "model", "probes"),
+        run_dir=subpath(input.weights, parent=True),
+        out_dir=subpath(output.sharpness, parent=True),
+    shell:
+        "batchscale probe --params {params.sections:q} --run-dir {params.run_dir}"
+        " --data {input.data} --out-dir {params.out_dir} --threads {threads} > {log} 2>&1"
+
+
+# Keskar's interpolation between the smallest- and largest-batch solutions and a 2-D
+# contour around each (C12); only when the grid has two batch sizes under one rule.
+if LANDSCAPE_PAIR:
+
+    rule landscape:
+        input:
+            small=f"{LANDSCAPE_PAIR[0].run_dir}/weights.pt",
+            large=f"{LANDSCAPE_PAIR[1].run_dir}/weights.pt",
+            data=PREPARED,
+        output:
+            interpolation="results/landscape/interpolation.csv",
+            contour="results/landscape/contour.csv",
+        log:
+            "logs/landscape.log",
+        conda:
+            ENV
+        threads: 1
+        resources:
+            mem_mb=1500,
+            runtime=60,
+        params:
+            sections=sections_json("data", "model", "probes"),
+            small=subpath(input.small, parent=True),
+            large=subpath(input.large, parent=True),
+            small_batch_size=LANDSCAPE_PAIR[0].batch_size,
+            large_batch_size=LANDSCAPE_PAIR[1].batch_size,
+            out_dir=subpath(output.interpolation, parent=True),
+        shell:
+            "batchscale landscape --params {params.sections:q} --small {params.small}"
+            " --large {params.large} --small-batch-size {params.small_batch_size}"
+            " --large-batch-size {params.large_batch_size} --data {input.data}"
+            " --out-dir {params.out_dir} --threads {threads} > {log} 2>&1"
