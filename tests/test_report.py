@@ -54,27 +54,95 @@ def fake_history(rule: str, batch_size: int, params: dict) -> pd.DataFrame:
                     "val_loss": train_loss + 0.05 + overfit, "val_acc": 1 - train_loss / 2.4,
                     "dist_from_init": rate * epoch, "update_norm": np.nan if epoch == 0 else rate,
                     "lr": lr, "diverged": False,
+                    "grad_competition": np.nan if epoch == 0 else 0.05 + 0.9 / batch_size**0.5,
                 }
             )  # fmt: skip
     return pd.DataFrame(rows)
 
 
-def write_tables(root: Path, params: dict) -> tuple[Path, Path]:
-    """Run folders and timings -> the package's own aggregate and claims -> tables, claims.csv."""
+def sharpness_of(lr: float, batch_size: int) -> float:
+    """A run's fake sharpness: sharper with a larger batch at the same LR (Keskar's picture)."""
+    return (batch_size / SIZES[0]) ** 0.5 * (0.01 / lr) ** 0.25
+
+
+def fake_sharpness(lr: float, batch_size: int) -> pd.DataFrame:
+    rows = []
+    for seed in SEEDS:
+        sharp = sharpness_of(lr, batch_size) * (1 + 0.1 * seed)
+        for weights, factor in (("best", 1.0), ("final", 1.2)):
+            rows.append(
+                {
+                    "seed": seed, "weights": weights, "train_loss": 0.3,
+                    "top_eigenvalue": 5.0 * sharp * factor, "eig_iterations": 12,
+                    "eig_converged": seed != 2, "eps_sharpness": 0.4 * sharp * factor,
+                }
+            )  # fmt: skip
+    # A dominant negative eigenvalue (a saddle) happens on real runs: the figure must show it.
+    rows[-1]["top_eigenvalue"] = -0.3
+    return pd.DataFrame(rows)
+
+
+def fake_slices(lr: float, batch_size: int) -> pd.DataFrame:
+    alphas = np.linspace(-1, 1, 7)
+    return pd.DataFrame(
+        [
+            {"seed": seed, "alpha": a, "train_loss": 0.3 + 0.01 * seed + sharpness_of(lr, batch_size) * a**2}
+            for seed in SEEDS
+            for a in alphas
+        ]
+    )
+
+
+def write_landscape(folder: Path) -> None:
+    """What `batchscale landscape` writes: the interpolation line and the two 2-D slices."""
+    alphas = np.linspace(-0.5, 1.5, 9)
+    interpolation = pd.DataFrame(
+        [
+            {"seed": seed, "alpha": a, "train_loss": 0.3 + a**2 * (1 - a) ** 2 + 0.1 * a + 0.01 * seed,
+             "val_loss": 0.35 + a**2 * (1 - a) ** 2 + 0.12 * a}
+            for seed in SEEDS
+            for a in alphas
+        ]
+    )  # fmt: skip
+    grid = np.linspace(-1, 1, 5)
+    contour = pd.DataFrame(
+        [
+            {"seed": 0, "alpha": a, "beta": b, "batch_size": size,
+             "train_loss": 0.3 + sharpness_of(0.01, size) * (a**2 + 0.5 * b**2)}
+            for size in SIZES
+            for a in grid
+            for b in grid
+        ]
+    )  # fmt: skip
+    write_csv_atomic(folder / "interpolation.csv", interpolation)
+    write_csv_atomic(folder / "contour.csv", contour)
+
+
+def write_tables(root: Path, params: dict, probes: bool = True) -> tuple[Path, Path]:
+    """Run (and probe) folders and timings -> the package's own aggregate and claims -> tables,
+    claims.csv. `probes=False`: as when the probe and landscape steps did not run."""
     timing_files = []
     grid = cells(params)
     for cell in grid:  # rules that share a run (same LR at a batch size) write the same file
         write_csv_atomic(
             root / cell.run_dir / "history.csv", fake_history(cell.rule, cell.batch_size, params)
         )
+        if probes:
+            probe_dir = root / cell.probe_dir
+            write_csv_atomic(probe_dir / "sharpness.csv", fake_sharpness(cell.lr, cell.batch_size))
+            write_csv_atomic(probe_dir / "slices.csv", fake_slices(cell.lr, cell.batch_size))
+    landscape = root / "results" / "landscape" if probes else None
+    if landscape:
+        write_landscape(landscape)
     for b in SIZES:
+        # All threads help more at the larger batch (C11's picture).
         rows = [
             {
                 "batch_size": b,
                 "threads": t,
                 "device": "cpu",
                 "repeat": r,
-                "epoch_seconds": 0.3 / b / t**0.5 + 1e-4 * r,
+                "epoch_seconds": 0.3 / b / t ** (b / 256) + 1e-4 * r,
             }
             for t in (1, 4)
             for r in range(3)
@@ -82,7 +150,7 @@ def write_tables(root: Path, params: dict) -> tuple[Path, Path]:
         timing_files.append(root / "timing" / f"bs{b}.csv")
         write_csv_atomic(timing_files[-1], pd.DataFrame(rows))
     tables = root / "reports" / "tables"
-    aggregate.aggregate(grid, timing_files, tables, root=root)
+    aggregate.aggregate(grid, timing_files, tables, root=root, landscape_dir=landscape)
     runs, timing = pd.read_csv(tables / "runs.csv"), pd.read_csv(tables / "timing.csv")
     settings = claims.Settings.from_params(params)
     write_csv_atomic(tables / "article_comparison.csv", claims.article_comparison(runs, settings))
@@ -91,16 +159,36 @@ def write_tables(root: Path, params: dict) -> tuple[Path, Path]:
     return tables, claims_csv
 
 
-@pytest.fixture(scope="module")
-def rendered(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("report")
+def render_fake(root: Path, probes: bool) -> dict:
     params = small_params()
-    tables, claims_csv = write_tables(root, params)
+    tables, claims_csv = write_tables(root, params, probes=probes)
     info = {"num_classes": 10, "x_train_shape": [480, 40], "x_val_shape": [120, 40], "sha256": "ab" * 32}
     (root / "data.json").write_text(json.dumps(info))
     out, executed = root / "reports" / "report.html", root / "results" / "report.executed.ipynb"
     report.render(NOTEBOOK, tables, claims_csv, params, executed, out, data_info=root / "data.json")
-    return {"root": root, "html": out.read_text(encoding="utf-8"), "executed": executed, "params": params}
+    return {
+        "root": root,
+        "html": out.read_text(encoding="utf-8"),
+        "executed": executed,
+        "params": params,
+        "claims": pd.read_csv(claims_csv).set_index("claim_id"),
+    }
+
+
+def section(page: str, claim_id: str) -> str:
+    """The HTML of one claim's section: from its heading to the next one (or the end)."""
+    start = page.index(f'<h2 id="{claim_id}">')
+    following = page.find("<h2 ", start + 1)
+    return page[start : following if following >= 0 else len(page)]
+
+
+def images(fragment: str) -> int:
+    return len(re.findall(r'<img\b[^>]*\bsrc="data:image/png;base64,', fragment))
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory) -> dict:
+    return render_fake(tmp_path_factory.mktemp("report"), probes=True)
 
 
 def test_report_has_every_claim_at_the_top(rendered):
@@ -143,6 +231,33 @@ def test_executed_notebook_is_kept(rendered):
     assert not errors
 
 
+def test_probe_claims_are_decided_and_shown(rendered):
+    page, decided = rendered["html"], rendered["claims"]
+    # C5, C10-C12 are measured now: a verdict each, and no leftover "not measured" wording.
+    for claim_id, figures in (("C5", 1), ("C10", 2), ("C11", 1), ("C12", 3)):
+        assert decided.loc[claim_id, "verdict"] != "not tested", claim_id
+        text = section(page, claim_id)
+        assert images(text) == figures, claim_id
+        assert "bs-verdict" in text and "verdict rule" in text and "summary" in text
+    assert "context only" not in page and "not measured" not in page
+    assert "No sharpness measurements" not in page and "No loss-landscape" not in page
+    assert "symmetric-log" in section(page, "C5")  # the fake saddle is said, not hidden
+    assert "pure noise would follow" in section(page, "C10")
+
+
+def test_report_renders_without_probes(tmp_path):
+    """The probe and landscape steps did not run: empty tables, a note in place of each figure."""
+    done = render_fake(tmp_path, probes=False)
+    page, decided = done["html"], done["claims"]
+    assert (done["root"] / "reports" / "tables" / "contour.csv").exists()
+    assert decided.loc["C5", "verdict"] == decided.loc["C12", "verdict"] == "not tested"
+    assert images(section(page, "C5")) == 0 and "No sharpness measurements" in section(page, "C5")
+    c12 = section(page, "C12")
+    assert images(c12) == 0 and "No loss-landscape measurements" in c12
+    assert "interpolation.csv" in c12 and "contour.csv" in c12
+    assert images(section(page, "C10")) == 2  # gradient competition comes from training, not probes
+
+
 def test_failed_render_leaves_no_report(rendered, tmp_path):
     import papermill
 
@@ -170,3 +285,21 @@ def test_unpassed_note_names_the_cells():
     note = report.unpassed_note(runs)
     assert "none/B=128 (1 of 1 seeds)" in note and "B=32" not in note
     assert "passed its minimum before the last epoch" in report.unpassed_note(runs.assign(min_passed=True))
+
+
+def test_read_table_gives_an_empty_frame_for_absent_or_empty_tables(tmp_path):
+    (tmp_path / "empty.csv").write_text("")
+    (tmp_path / "header.csv").write_text("seed,alpha,train_loss\n")
+    assert report.read_table(tmp_path / "absent.csv").empty
+    assert report.read_table(tmp_path / "empty.csv").empty
+    assert list(report.read_table(tmp_path / "header.csv").columns) == ["seed", "alpha", "train_loss"]
+
+
+def test_contour_levels_start_at_zero_and_cover_the_largest_rise():
+    from batchscale.figures import contour_levels
+
+    levels = contour_levels(np.array([0.0, 0.02, 3.0]), count=10)
+    assert levels[0] == 0.0 and levels[-1] >= 3.0 and len(levels) == 10
+    assert np.all(np.diff(levels) > 0)
+    flat = contour_levels(np.zeros(4))  # a flat surface still gets increasing levels
+    assert np.all(np.diff(flat) > 0)

@@ -17,7 +17,9 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.axes import Axes
+from matplotlib.colors import BoundaryNorm
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
 from batchscale.scaling import RULES
@@ -169,14 +171,10 @@ def mean_curves(curves: pd.DataFrame, metric: str, ylabel: str) -> Figure:
     return fig
 
 
-@_styled
-def per_seed_vs_batch(runs: pd.DataFrame, metric: str, ylabel: str, log_y: bool = False) -> Figure:
-    """`metric` vs batch size per LR rule: one small point per seed, a line through the means."""
-    runs = _finite(runs, [metric])
+def _per_seed_points(ax: Axes, runs: pd.DataFrame, metric: str) -> None:
+    """One small point per seed and a line through the means, per LR rule, on `ax`."""
     rules = ordered_rules(runs)
     offsets = _offsets(rules)
-    fig = Figure(figsize=(6.0, 3.6), layout="constrained")
-    ax = fig.subplots()
     for rule in rules:
         cell = runs[runs["rule"] == rule].dropna(subset=[metric])
         if cell.empty:
@@ -189,6 +187,14 @@ def per_seed_vs_batch(runs: pd.DataFrame, metric: str, ylabel: str, log_y: bool 
             label=f"{rule_label(rule)} (mean of {cell['seed'].nunique()} seeds)",
         )  # fmt: skip
     log2_batch_axis(ax, list(runs["batch_size"].unique()))
+
+
+@_styled
+def per_seed_vs_batch(runs: pd.DataFrame, metric: str, ylabel: str, log_y: bool = False) -> Figure:
+    """`metric` vs batch size per LR rule: one small point per seed, a line through the means."""
+    fig = Figure(figsize=(6.0, 3.6), layout="constrained")
+    ax = fig.subplots()
+    _per_seed_points(ax, _finite(runs, [metric]), metric)
     if log_y:
         log_y_axis(ax)
     ax.set_ylabel(ylabel)
@@ -218,6 +224,109 @@ def distance_vs_batch(runs: pd.DataFrame) -> Figure:
 
 def update_norm_vs_batch(runs: pd.DataFrame) -> Figure:
     return per_seed_vs_batch(runs, "mean_update_norm", "mean weight-update norm per epoch")
+
+
+# C10: the ratio |mean gradient| / mean |gradient| in a batch.
+COMPETITION = "grad_competition"
+NOISE_COLOUR = "#555555"
+
+
+def _noise_reference(runs: pd.DataFrame) -> tuple[np.ndarray, np.ndarray] | None:
+    """c / sqrt(B) through the smallest batch's mean ratio (constant-LR rule when there is one).
+
+    If per-example gradients were pure noise around a zero mean, |mean| / mean |g| would fall
+    as 1/sqrt(B); a measured curve flatter than this means the gradients share a direction.
+    """
+    cell = runs[runs["rule"] == "none"] if (runs["rule"] == "none").any() else runs
+    cell = cell.dropna(subset=[COMPETITION])
+    if cell.empty:
+        return None
+    smallest = cell["batch_size"].min()
+    start = cell.loc[cell["batch_size"] == smallest, COMPETITION].mean()
+    sizes = np.geomspace(smallest, runs["batch_size"].max(), 50)
+    return sizes, start * np.sqrt(smallest / sizes)
+
+
+@_styled
+def grad_competition_vs_batch(runs: pd.DataFrame) -> Figure:
+    """C10: |mean per-example gradient| / mean |per-example gradient| vs batch size, with the
+    1/sqrt(B) curve pure noise would follow."""
+    runs = _finite(runs, [COMPETITION])
+    fig = Figure(figsize=(6.0, 3.6), layout="constrained")
+    ax = fig.subplots()
+    _per_seed_points(ax, runs, COMPETITION)
+    reference = _noise_reference(runs)
+    if reference is not None:
+        ax.plot(*reference, ls=":", color=NOISE_COLOUR, lw=1.6,
+                label="pure noise would follow this (\u221d 1/\u221aB)")  # fmt: skip
+    log_y_axis(ax)
+    ax.set_ylabel("|mean gradient| / mean |gradient|\n(log scale)")
+    ax.legend(frameon=False, fontsize="small")
+    return fig
+
+
+SHARPNESS_PANELS = {"top_eigenvalue": "top Hessian eigenvalue", "eps_sharpness": "epsilon-sharpness (%)"}
+# Best weights (what C5 is decided on) stand out; final weights are drawn as a lighter echo.
+WEIGHT_STYLES = {"best": ("-", True), "final": ("--", False)}
+
+
+def _log_or_symlog(ax: Axes, values: pd.Series) -> None:
+    """Log y axis; symmetric-log when a value is <= 0 (a negative dominant Hessian eigenvalue:
+    the power iteration found a saddle direction), so those points are shown, not dropped."""
+    values = values.dropna()
+    if values.empty or (values > 0).all():
+        log_y_axis(ax)
+        return
+    smallest = values.abs()[values.abs() > 0].min() if (values != 0).any() else 1.0
+    ax.set_yscale("symlog", linthresh=10 ** np.floor(np.log10(smallest)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.axhline(0.0, color="grey", lw=0.8)
+
+
+def _sharpness_panel(ax: Axes, sharpness: pd.DataFrame, metric: str) -> None:
+    rules = ordered_rules(sharpness)
+    offsets = _offsets(rules)
+    for rule in rules:
+        colour = rule_colour(rule)
+        for which, (style, filled) in WEIGHT_STYLES.items():
+            cell = sharpness[(sharpness["rule"] == rule) & (sharpness["weights"] == which)]
+            cell = cell.dropna(subset=[metric])
+            if cell.empty:
+                continue
+            face = colour if filled else "none"
+            ax.scatter(cell["batch_size"] * offsets[rule], cell[metric], s=16, alpha=0.5,
+                       facecolors=face, edgecolors=colour, lw=0.9)  # fmt: skip
+            means = cell.groupby("batch_size")[metric].mean()
+            ax.plot(means.index * offsets[rule], means.values, ls=style, marker="o", color=colour,
+                    mfc=face, ms=6, lw=1.8 if filled else 1.2)  # fmt: skip
+    log2_batch_axis(ax, list(sharpness["batch_size"].unique()))
+    ax.margins(y=0.1)  # the largest eigenvalues sit at the top edge otherwise
+    _log_or_symlog(ax, sharpness[metric])
+    ax.set_ylabel(SHARPNESS_PANELS[metric])
+
+
+def _sharpness_legend(rules: list[str]) -> tuple[list[Line2D], list[str]]:
+    """Colour says the rule, fill and dash say the weights: one legend entry per idea."""
+    handles = [Line2D([], [], color=rule_colour(r), marker="o", lw=1.8) for r in rules]
+    labels = [rule_label(r) for r in rules]
+    for which, (style, filled) in WEIGHT_STYLES.items():
+        face = "grey" if filled else "none"
+        handles.append(Line2D([], [], color="grey", ls=style, marker="o", mfc=face))
+        labels.append(f"{which} weights" + (" (min. val loss)" if which == "best" else " (last epoch)"))
+    return handles, labels
+
+
+@_styled
+def sharpness_vs_batch(sharpness: pd.DataFrame) -> Figure:
+    """C5: top Hessian eigenvalue and epsilon-sharpness vs batch size; points per seed, mean lines."""
+    sharpness = _finite(sharpness, list(SHARPNESS_PANELS))
+    fig = Figure(figsize=(10.0, 3.8), layout="constrained")
+    axes = fig.subplots(1, len(SHARPNESS_PANELS))
+    for ax, metric in zip(axes, SHARPNESS_PANELS, strict=True):
+        _sharpness_panel(ax, sharpness, metric)
+    handles, labels = _sharpness_legend(ordered_rules(sharpness))
+    fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), frameon=False, fontsize="small")
+    return fig
 
 
 def _thread_label(threads: int) -> str:
@@ -313,4 +422,127 @@ def article_vs_ours(
     labels = list(handles)
     fig.legend([handles[k] for k in labels], labels, loc="outside lower center", ncol=len(labels),
                frameon=False, fontsize="small")  # fmt: skip
+    return fig
+
+
+# ---------------------------------------------------------------------------------------
+# Loss landscapes (C12): Keskar's interpolation, Li et al.'s 1-D slices and 2-D contours.
+# ---------------------------------------------------------------------------------------
+
+
+def _mean_band(ax: Axes, frame: pd.DataFrame, x: str, y: str, colour, label: str) -> None:
+    """Mean of `y` over seeds at each `x`, with a band of +- 1 standard deviation."""
+    stats = frame.groupby(x)[y].agg(["mean", "std"])
+    mean, sd = stats["mean"], stats["std"].fillna(0.0)
+    ax.plot(stats.index, mean, color=colour, lw=1.6, label=label)
+    ax.fill_between(stats.index, mean - sd, mean + sd, color=colour, alpha=0.2, lw=0)
+
+
+def _solution_marker(ax: Axes, alpha: float, text: str) -> None:
+    ax.axvline(alpha, color="grey", lw=1, ls="--")
+    ax.text(alpha, 1.01, text, transform=ax.get_xaxis_transform(), ha="center", va="bottom", fontsize="small")
+
+
+@_styled
+def interpolation_curves(
+    interpolation: pd.DataFrame, small_batch: int | None = None, large_batch: int | None = None
+) -> Figure:
+    """Keskar et al.'s 1-D plot: loss on the line from the small-batch solution (alpha 0) to the
+    large-batch one (alpha 1), mean over seeds with a band."""
+    interpolation = _finite(interpolation, ["train_loss", "val_loss"])
+    fig = Figure(figsize=(6.4, 3.8), layout="constrained")
+    ax = fig.subplots()
+    _mean_band(ax, interpolation, "alpha", "train_loss", "#4C72B0", "training loss")
+    _mean_band(ax, interpolation, "alpha", "val_loss", "#C44E52", "validation loss")
+    for alpha, size, which in ((0.0, small_batch, "small"), (1.0, large_batch, "large")):
+        _solution_marker(ax, alpha, f"B={size} solution" if size is not None else f"{which}-batch solution")
+    ax.set_xlabel("alpha: weights (1 - alpha) w_small + alpha w_large")
+    ax.set_ylabel("loss")
+    ax.legend(frameon=False, fontsize="small")
+    return fig
+
+
+def _rise_above_centre(slices: pd.DataFrame) -> pd.DataFrame:
+    """Each run's slice minus its loss at alpha = 0: runs whose minima lie at different heights
+    (a large batch that trained less) then compare by shape, the thing C12 is about."""
+    keys = ["rule", "batch_size", "seed"]
+    centre = slices.loc[slices["alpha"].abs() < 1e-12].set_index(keys)["train_loss"].rename("centre")
+    joined = slices.join(centre, on=keys)
+    return joined.assign(train_loss=joined["train_loss"] - joined["centre"]).drop(columns="centre")
+
+
+@_styled
+def slice_curves(slices: pd.DataFrame, centred: bool = True) -> Figure:
+    """Li et al.'s 1-D filter-normalised slices: training loss vs alpha around each solution,
+    one panel per LR rule, one line (mean over seeds, +- 1 sd band) per batch size.
+
+    `centred`: plot L(alpha) - L(0) per run (the C12 statistic averages exactly this).
+    """
+    slices = _finite(slices, ["train_loss"])
+    if centred:
+        slices = _rise_above_centre(slices)
+    rules = ordered_rules(slices)
+    sizes = sorted(slices["batch_size"].unique())
+    palette = batch_palette(sizes)
+    fig = Figure(figsize=(4.6 * len(rules) + 1.2, 3.4), layout="constrained")
+    axes = fig.subplots(1, len(rules), squeeze=False, sharey=True)[0]
+    for ax, rule in zip(axes, rules, strict=True):
+        for size in sizes:
+            cell = slices[(slices["rule"] == rule) & (slices["batch_size"] == size)]
+            if len(cell):
+                _mean_band(ax, cell, "alpha", "train_loss", palette[size], f"B={size}")
+        ax.axvline(0.0, color="grey", lw=0.8, ls=":")
+        ax.set_title(rule_label(rule))
+        ax.set_xlabel("alpha (filter-normalised step)")
+    axes[0].set_ylabel("training loss - loss at alpha=0" if centred else "training loss")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right center", title="batch size", frameon=False)
+    return fig
+
+
+def contour_levels(rises: np.ndarray, count: int = 14) -> np.ndarray:
+    """Levels from 0, log-spaced up to the largest rise: dense near the bottom of the basin,
+    where a flat and a sharp minimum differ, sparse where the loss shoots up at the edges."""
+    top = max(float(np.nanmax(rises)), 1e-9)  # a flat surface still needs two levels
+    return np.concatenate([[0.0], np.geomspace(top / 100, top * (1 + 1e-9), count - 1)])
+
+
+def _surface(cell: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """alpha, beta and the loss grid (rows: beta) of one contour slice."""
+    grid = cell.pivot_table(index="beta", columns="alpha", values="train_loss", aggfunc="first")
+    return grid.columns.to_numpy(float), grid.index.to_numpy(float), grid.to_numpy(float)
+
+
+def _rise_above_minimum(contour: pd.DataFrame) -> pd.DataFrame:
+    """Loss minus its panel's minimum: basins at different heights (a large batch that trained
+    less) then share one colour scale, and the scale reads as steepness, which C12 is about."""
+    first = contour[contour["seed"] == contour.groupby("batch_size")["seed"].transform("min")]
+    bottom = first.groupby("batch_size")["train_loss"].transform("min")
+    return first.assign(rise=first["train_loss"] - bottom)
+
+
+@_styled
+def contour_panels(contour: pd.DataFrame) -> Figure:
+    """Li et al.'s 2-D slices side by side (smallest batch to largest) on the same colour levels,
+    so the basins' widths compare; the trained weights sit at the centre (+)."""
+    contour = _rise_above_minimum(_finite(contour, ["train_loss"]).dropna(subset=["train_loss"]))
+    sizes = sorted(contour["batch_size"].unique())
+    levels = contour_levels(contour["rise"].to_numpy(float))
+    cmap = sns.color_palette("mako", as_cmap=True)
+    norm = BoundaryNorm(levels, cmap.N)  # each band its own colour, however the levels are spaced
+    fig = Figure(figsize=(4.0 * len(sizes) + 1.4, 4.0), layout="constrained")
+    axes = fig.subplots(1, len(sizes), squeeze=False, sharex=True, sharey=True)[0]
+    for ax, size in zip(axes, sizes, strict=True):
+        cell = contour[contour["batch_size"] == size]
+        alpha, beta, rise = _surface(cell.assign(train_loss=cell["rise"]))
+        filled = ax.contourf(alpha, beta, rise, levels=levels, cmap=cmap, norm=norm)
+        ax.contour(alpha, beta, rise, levels=levels, colors="white", linewidths=0.4, alpha=0.6)
+        ax.plot(0, 0, "+", color="#DD8452", ms=10, mew=2)
+        ax.set_title(f"B={size} (seed {cell['seed'].iloc[0]}), lowest loss {cell['train_loss'].min():.3g}")
+        ax.set_xlabel("alpha (direction 1)")
+        ax.set_aspect("equal")
+        ax.grid(False)
+    axes[0].set_ylabel("beta (direction 2)")
+    bar = fig.colorbar(filled, ax=list(axes), label="training loss above the panel's minimum")
+    bar.set_ticks(levels[::2], labels=[f"{v:.2g}" for v in levels[::2]])
     return fig

@@ -346,6 +346,25 @@ def lr_grid(runs: pd.DataFrame) -> str:
     return f"<table>{head}{''.join(body)}</table>"
 
 
+def read_table(path: Path) -> pd.DataFrame:
+    """A table that may be empty (its probe did not run) or absent (tables from before the
+    probes existed): an empty frame then, so the report says so instead of failing."""
+    try:
+        return pd.read_csv(path)
+    except (FileNotFoundError, pd.errors.EmptyDataError):
+        return pd.DataFrame()
+
+
+def not_run_note(what: str, tables: list[str]) -> str:
+    """Said in place of the figures whose probe did not run for these tables."""
+    names = ", ".join(f"<code>{esc(t)}</code>" for t in tables)
+    verb, probe = ("is", "its probe") if len(tables) == 1 else ("are", "their probes")
+    return (
+        f'<div class="bs-note"><b>No {esc(what)}:</b> {names} {verb} empty: {probe} did not run for these '
+        "tables, so there is nothing to plot (the verdict above says what could not be measured).</div>"
+    )
+
+
 def unpassed_runs(runs: pd.DataFrame) -> pd.DataFrame:
     """Cells with runs whose validation loss had not passed its minimum by the last epoch.
 
