@@ -9,14 +9,13 @@ import pytest
 from batchscale import aggregate
 
 
-def test_slice_rise_is_the_mean_rise_over_the_slice():
-    alphas = np.linspace(-1, 1, 5)
+def test_slice_curvature_of_a_parabola_is_its_second_derivative():
+    alphas = np.linspace(-1, 1, 21)
     slices = pd.DataFrame(
         {"rule": "none", "batch_size": 32, "seed": 0, "alpha": alphas, "train_loss": 1.0 + 2.0 * alphas**2}
     )
-    rise = aggregate.slice_rise(slices)
-    # mean of 2 * alpha^2 over alpha in {-1, -0.5, 0, 0.5, 1} = 2 * (1 + 0.25 + 0 + 0.25 + 1) / 5
-    assert rise["slice_rise"].item() == pytest.approx(1.0)
+    curvature = aggregate.slice_curvature(slices)
+    assert curvature["slice_curvature"].item() == pytest.approx(4.0)  # d2/da2 of 1 + 2 a^2
 
 
 def test_probe_summaries_put_best_and_final_side_by_side():
@@ -45,4 +44,4 @@ def test_probe_summaries_put_best_and_final_side_by_side():
     row = aggregate.probe_summaries(sharpness, slices).iloc[0]
     assert (row["top_eigenvalue_best"], row["top_eigenvalue_final"]) == (1.0, 2.0)
     assert (row["eps_sharpness_best"], row["eps_sharpness_final"]) == (0.1, 0.2)
-    assert row["slice_rise"] == pytest.approx(2 / 3)
+    assert row["slice_curvature"] == pytest.approx(2.0)  # (2 + 2 - 2) / 1

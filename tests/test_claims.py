@@ -38,7 +38,7 @@ def synthetic_runs(direction: float = 1.0, seeds: int = 6, rules=("none", "linea
                         "eps_sharpness_best": 2 * 3 ** (direction * k) + 0.05 * rng.normal(),
                         "mean_update_norm": 1.0 - direction * 0.5 * k + 0.01 * rng.normal(),
                         "grad_competition": 0.5 - direction * 0.3 * k + 0.01 * rng.normal(),
-                        "slice_rise": 0.1 * 5 ** (direction * k) + 0.005 * rng.normal(),
+                        "slice_curvature": 0.1 * 5 ** (direction * k) + 0.005 * rng.normal(),
                     }
                 )  # fmt: skip
     return pd.DataFrame(rows)
@@ -121,7 +121,7 @@ def test_article_comparison_and_metrics():
 
 
 def test_probe_claims_are_not_tested_without_probe_measurements():
-    runs = synthetic_runs(+1).drop(columns=["top_eigenvalue_best", "eps_sharpness_best", "slice_rise"])
+    runs = synthetic_runs(+1).drop(columns=["top_eigenvalue_best", "eps_sharpness_best", "slice_curvature"])
     timing = synthetic_timing(+1)
     v = verdicts(claims.decide_all(runs, timing[timing["threads"] == 1], PARAMS))
     assert v["C5"] == v["C12"] == v["C11"] == "not tested"

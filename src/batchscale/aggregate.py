@@ -46,19 +46,32 @@ def read_histories(cells: list[Cell], root: Path) -> pd.DataFrame:
     return history.sort_values(["rule", "batch_size", "seed", "epoch"], ignore_index=True)
 
 
-def slice_rise(slices: pd.DataFrame) -> pd.DataFrame:
-    """Per run: mean over the 1-D slice of L(alpha) - L(0), how fast the loss rises around
-    the solution along a filter-normalised direction (a sharpness read off the picture)."""
-    if slices.empty:
-        return pd.DataFrame(columns=["rule", "batch_size", "seed", "slice_rise"])
+def slice_curvature(slices: pd.DataFrame) -> pd.DataFrame:
+    """Per run: the curvature of the 1-D slice at the solution, (L(h) + L(-h) - 2 L(0)) / h^2
+    from the grid points next to alpha = 0 (h is the grid step).
+
+    This is the sharpness the picture shows: how fast the loss bends up at the minimum along
+    a filter-normalised direction. Far out on the slice (|alpha| near 1 moves every filter by
+    its own norm) the loss saturates for every solution, so the whole-slice mean says little.
+    """
     keys = ["rule", "batch_size", "seed"]
-    centre = slices.loc[slices["alpha"].abs() < 1e-12].set_index(keys)["train_loss"]
-    mean = slices.groupby(keys)["train_loss"].mean()
-    return (mean - centre).rename("slice_rise").reset_index()
+    if slices.empty:
+        return pd.DataFrame(columns=[*keys, "slice_curvature"])
+    rows = []
+    for key, one in slices.groupby(keys):
+        one = one.sort_values("alpha")
+        alphas, losses = one["alpha"].to_numpy(), one["train_loss"].to_numpy()
+        centre = int(np.argmin(np.abs(alphas)))
+        if not (0 < centre < len(alphas) - 1) or abs(alphas[centre]) > 1e-12:
+            continue  # no grid point at alpha = 0 with neighbours on both sides
+        h = alphas[centre + 1] - alphas[centre]
+        curvature = (losses[centre + 1] + losses[centre - 1] - 2 * losses[centre]) / h**2
+        rows.append({**dict(zip(keys, key, strict=True)), "slice_curvature": curvature})
+    return pd.DataFrame(rows, columns=[*keys, "slice_curvature"])
 
 
 def probe_summaries(sharpness: pd.DataFrame, slices: pd.DataFrame) -> pd.DataFrame:
-    """One row per run: sharpness of best and final weights, and the slice rise."""
+    """One row per run: sharpness of best and final weights, and the slice's curvature."""
     keys = ["rule", "batch_size", "seed"]
     if sharpness.empty:
         return pd.DataFrame(columns=keys)
@@ -66,7 +79,7 @@ def probe_summaries(sharpness: pd.DataFrame, slices: pd.DataFrame) -> pd.DataFra
         index=keys, columns="weights", values=["top_eigenvalue", "eps_sharpness"], aggfunc="first"
     )
     wide.columns = [f"{metric}_{which}" for metric, which in wide.columns]
-    return wide.reset_index().merge(slice_rise(slices), on=keys, how="left")
+    return wide.reset_index().merge(slice_curvature(slices), on=keys, how="left")
 
 
 def run_summaries(history: pd.DataFrame, seconds_per_epoch: pd.Series) -> pd.DataFrame:

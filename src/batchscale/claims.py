@@ -388,7 +388,7 @@ def decide_all(runs: pd.DataFrame, timing: pd.DataFrame, params: dict) -> pd.Dat
     results["C12"] = trend_parts_claim(
         "C12",
         runs,
-        [TrendPart("slice_rise", "rise of the loss along a filter-normalised 1-D slice", +1)],
+        [TrendPart("slice_curvature", "curvature at the solution of a filter-normalised 1-D slice", +1)],
         settings,
     )
     unpassed = runs[~runs["min_passed"].fillna(False).astype(bool)]
