@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from batchscale.config import ConfigError, cells, load, run_dirs, validate
+from batchscale.config import ConfigError, cells, load, parse_run_key, run_dirs, validate
 
 from conftest import ROOT
 
@@ -75,3 +75,14 @@ def test_later_files_override_earlier(tmp_path):
     params = load([ROOT / "params.yaml", override])
     assert params["train"]["epochs"] == 3
     assert params["train"]["base_lr"] == 0.01
+
+
+def test_warmup_runs_have_their_own_key_except_at_the_base_batch_size():
+    params = validate({"grid": {"batch_sizes": [32, 64], "lr_rules": ["none", "linear_warmup"]}})
+    keys = {(c.rule, c.batch_size): c.run_key for c in cells(params)}
+    assert keys[("linear_warmup", 32)] == keys[("none", 32)] == "bs32_lr0.01"
+    assert keys[("linear_warmup", 64)] == "bs64_lr0.02_wu5"
+    assert parse_run_key("bs64_lr0.02_wu5") == (64, 0.02, 5)
+    assert parse_run_key("bs32_lr1e-05") == (32, 1e-05, 0)
+    with pytest.raises(ConfigError, match="run key"):
+        parse_run_key("bs32_lrfast")

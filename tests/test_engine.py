@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from batchscale.data import Dataset
-from batchscale.engine import Ensemble, TrainSpec, lr_factor, train
+from batchscale.engine import Ensemble, TrainSpec, train
 from batchscale.models import build_model
+from batchscale.scaling import warmup_fraction
 
 from conftest import random_arrays
 
@@ -126,8 +127,37 @@ def test_divergent_member_is_recorded_and_others_finish():
 
 
 def test_lr_warmup_ramps_linearly_then_holds():
-    assert [lr_factor(s, 4) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
-    assert lr_factor(0, 0) == 1.0
+    assert [warmup_fraction(s, 4) for s in range(6)] == [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
+    assert warmup_fraction(0, 0) == 1.0
+
+
+def test_warmup_run_matches_plain_sgd_with_the_same_ramp():
+    """Member k with a warm-up equals torch.optim.SGD whose LR follows the same ramp."""
+    data = tiny_dataset()
+    spec = TrainSpec(
+        batch_size=16, seeds=[5], lrs=[0.08], epochs=2, momentum=0.9, warmup_epochs=1, warmup_start_lr=0.01
+    )
+    state = train(Ensemble(MODELS[0], data, spec, torch.device("cpu")), log=lambda line: None)
+    torch.manual_seed(5)
+    model = build_model(MODELS[0], data.in_features, data.num_classes)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    gen = torch.Generator().manual_seed(5)
+    steps_per_epoch, step = 4, 0  # 64 examples / 16
+    for _ in range(spec.epochs):
+        perm = torch.randperm(64, generator=gen)
+        for start in range(0, 64, 16):
+            for group in opt.param_groups:
+                group["lr"] = 0.01 + (0.08 - 0.01) * warmup_fraction(step, steps_per_epoch)
+            idx = perm[start : start + 16]
+            loss = F.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            step += 1
+    for name, tensor in model.named_parameters():
+        torch.testing.assert_close(state.params[name][0], tensor.detach(), rtol=1e-5, atol=1e-6)
+    lrs = [r["lr"] for r in state.history if r["epoch"] > 0]
+    assert lrs[0] == pytest.approx(0.01 + 0.07 * 3 / 4) and lrs[1] == pytest.approx(0.08)
 
 
 def test_gradient_competition_is_one_for_identical_examples_and_matches_the_probe():

@@ -10,6 +10,10 @@ import pandas as pd
 from batchscale.config import Cell
 from batchscale.io import write_csv_atomic
 
+# Steps-to-target (Shallue et al.): the target validation loss is this much above the worst
+# cell's median minimum under the scaled rule, so that every scaled cell can reach it.
+TARGET_MARGIN = 0.05
+
 # A cell's validation loss has "passed its minimum" when the minimum came before the last
 # epoch and the loss has since risen by more than this fraction of it.
 MIN_PASSED_RISE = 0.01
@@ -127,6 +131,27 @@ def run_summaries(history: pd.DataFrame, seconds_per_epoch: pd.Series) -> pd.Dat
     return pd.DataFrame(rows)
 
 
+def target_val_loss(runs: pd.DataFrame) -> float:
+    """The validation loss steps-to-target counts to: TARGET_MARGIN above the largest cell
+    median of the minimum validation loss under the linear rule (else the first rule)."""
+    rule = "linear" if "linear" in set(runs["rule"]) else runs["rule"].iloc[0]
+    medians = runs[runs["rule"] == rule].groupby("batch_size")["min_val_loss"].median()
+    return float(medians.max() * (1 + TARGET_MARGIN))
+
+
+def add_steps_to_target(runs: pd.DataFrame, history: pd.DataFrame, num_train: int) -> pd.DataFrame:
+    """Per run: optimizer steps until the validation loss first reaches the target (NaN if
+    it never does), with the target in column `target_val_loss`."""
+    target = target_val_loss(runs)
+    reached = history[(history["epoch"] > 0) & (history["val_loss"] <= target)]
+    first = reached.groupby(["rule", "batch_size", "seed"])["epoch"].min().rename("epochs_to_target")
+    runs = runs.merge(first.reset_index(), on=["rule", "batch_size", "seed"], how="left")
+    steps_per_epoch = np.ceil(num_train / runs["batch_size"])
+    runs["steps_to_target"] = runs["epochs_to_target"] * steps_per_epoch
+    runs["target_val_loss"] = target
+    return runs
+
+
 def read_timings(timing_files: list[Path]) -> pd.DataFrame:
     if not timing_files:
         return pd.DataFrame(columns=["batch_size", "threads", "repeat", "epoch_seconds"])
@@ -168,6 +193,7 @@ def aggregate(
     tables_dir: Path,
     root: Path = Path(),
     landscape_dir: Path | None = None,
+    num_train: int | None = None,
 ) -> None:
     """Write the tidy tables under `tables_dir`: history, runs, timing, curves, sharpness,
     slices, interpolation and contour (the last four empty when no probes were run).
@@ -178,12 +204,16 @@ def aggregate(
     timing = read_timings(timing_files)
     sharpness = read_per_cell(cells, "probe_dir", "sharpness.csv", root)
     slices = read_per_cell(cells, "probe_dir", "slices.csv", root)
+    noise = read_per_cell(cells, "probe_dir", "noise.csv", root)
     runs = run_summaries(history, seconds_per_epoch(timing))
+    if num_train:
+        runs = add_steps_to_target(runs, history, num_train)
     probed = probe_summaries(sharpness, slices)
     if len(probed.columns) > 3:
         runs = runs.merge(probed, on=["rule", "batch_size", "seed"], how="left")
     write_csv_atomic(tables_dir / "sharpness.csv", sharpness)
     write_csv_atomic(tables_dir / "slices.csv", slices)
+    write_csv_atomic(tables_dir / "noise.csv", noise)
     write_csv_atomic(tables_dir / "interpolation.csv", read_landscape(landscape_dir, "interpolation.csv"))
     write_csv_atomic(tables_dir / "contour.csv", read_landscape(landscape_dir, "contour.csv"))
     write_csv_atomic(tables_dir / "history.csv", history)

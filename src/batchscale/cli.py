@@ -72,10 +72,12 @@ def _set_threads(threads: int) -> None:
     torch.set_num_threads(max(1, threads))
 
 
-def run_identity(params: dict, data_sha: str, lr: float, batch_size: int) -> str:
+def run_identity(params: dict, data_sha: str, lr: float, batch_size: int, warmup_epochs: int) -> str:
     """Hash of everything that determines a run's numbers (device and timings aside)."""
     train = {k: v for k, v in params["train"].items() if k != "device"}
     key = {"data": data_sha, "model": params["model"], "train": train, "lr": lr, "batch_size": batch_size}
+    if warmup_epochs:
+        key["warmup_epochs"] = warmup_epochs
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -103,11 +105,13 @@ def cmd_train(args: argparse.Namespace) -> None:
         epochs=train["epochs"],
         momentum=train["momentum"],
         weight_decay=train["weight_decay"],
+        warmup_epochs=args.warmup_epochs,
+        warmup_start_lr=train["base_lr"],
     )
     device = engine.resolve_device(train["device"])
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    identity = run_identity(params, dataset.sha256, lr, args.batch_size)
+    identity = run_identity(params, dataset.sha256, lr, args.batch_size, args.warmup_epochs)
     ensemble = engine.Ensemble(params["model"], dataset, spec, device)
     started = time.perf_counter()
     state = engine.train(ensemble, checkpoint=out / "checkpoint.pt", identity=identity)
@@ -185,6 +189,7 @@ def cmd_probe(args: argparse.Namespace) -> None:
     out = Path(args.out_dir)
     write_csv_atomic(out / "sharpness.csv", probe_runs.sharpness_rows(run, x, y, params["probes"]))
     write_csv_atomic(out / "slices.csv", probe_runs.slice_rows(run, x, y, params["probes"]))
+    write_csv_atomic(out / "noise.csv", probe_runs.noise_rows(run, x, y, params["probes"]))
 
 
 def cmd_landscape(args: argparse.Namespace) -> None:
@@ -213,11 +218,17 @@ def cmd_landscape(args: argparse.Namespace) -> None:
 
 def cmd_aggregate(args: argparse.Namespace) -> None:
     from batchscale.aggregate import aggregate
-    from batchscale.config import cells
+    from batchscale.config import cells, expected_train_size
 
     params = load_params(args.params)
     landscape = Path(args.landscape_dir) if args.landscape_dir else None
-    aggregate(cells(params), [Path(f) for f in args.timing], Path(args.out_dir), landscape_dir=landscape)
+    aggregate(
+        cells(params),
+        [Path(f) for f in args.timing],
+        Path(args.out_dir),
+        landscape_dir=landscape,
+        num_train=expected_train_size(params["data"]),
+    )
 
 
 def cmd_claims(args: argparse.Namespace) -> None:
@@ -282,7 +293,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("train", cmd_train, "Train all seeds at one batch size and learning rate as one ensemble.")
     p.add_argument("--batch-size", type=int, required=True, help="examples per step")
-    p.add_argument("--lr", type=float, required=True, help="learning rate (the grid's rules decide it)")
+    p.add_argument("--lr", type=float, required=True, help="peak learning rate (the grid's rules decide it)")
+    p.add_argument(
+        "--warmup-epochs", type=int, default=0, help="ramp the LR up from train.base_lr over this many epochs"
+    )
     p.add_argument("--data", required=True, help="prepared .npz data file")
     p.add_argument("--out-dir", required=True, help="run folder: history.csv, summary.json, weights.pt")
     p.add_argument("--threads", type=int, default=1, help="CPU threads for torch (default 1)")
@@ -295,10 +309,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--threads", type=int, default=1, help="the most threads to time with")
 
-    p = add("probe", cmd_probe, "Sharpness (Hessian, epsilon) and 1-D loss slices of a run's members.")
+    p = add("probe", cmd_probe, "Sharpness, 1-D loss slices and gradient noise scale of a run's members.")
     p.add_argument("--run-dir", required=True, help="run folder with weights.pt")
     p.add_argument("--data", required=True, help="prepared .npz data file")
-    p.add_argument("--out-dir", required=True, help="folder for sharpness.csv and slices.csv")
+    p.add_argument("--out-dir", required=True, help="folder for sharpness.csv, slices.csv and noise.csv")
     p.add_argument("--threads", type=int, default=1, help="CPU threads for torch (default 1)")
 
     p = add("landscape", cmd_landscape, "Interpolate between two runs' solutions; 2-D contours around each.")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -141,11 +142,13 @@ class Cell:
     rule: str
     batch_size: int
     lr: float
+    warmup_epochs: int = 0
 
     @property
     def run_key(self) -> str:
         """Names the training run; repr(lr) round-trips the float exactly."""
-        return f"bs{self.batch_size}_lr{self.lr!r}"
+        warmup = f"_wu{self.warmup_epochs}" if self.warmup_epochs else ""
+        return f"bs{self.batch_size}_lr{self.lr!r}{warmup}"
 
     @property
     def run_dir(self) -> str:
@@ -159,11 +162,27 @@ class Cell:
 def cells(params: dict) -> list[Cell]:
     """The grid of runs, in a fixed order: rules as listed, batch sizes ascending."""
     grid, train = params["grid"], params["train"]
-    return [
-        Cell(rule, bs, scaled_lr(rule, train["base_lr"], train["base_batch_size"], bs))
-        for rule in grid["lr_rules"]
-        for bs in sorted(grid["batch_sizes"])
-    ]
+    out = []
+    for rule in grid["lr_rules"]:
+        for bs in sorted(grid["batch_sizes"]):
+            lr = scaled_lr(rule, train["base_lr"], train["base_batch_size"], bs)
+            # A ramp from the base LR to itself is no warm-up: that run is shared with `none`.
+            warmup = train["warmup_epochs"] if rule == "linear_warmup" and lr != train["base_lr"] else 0
+            out.append(Cell(rule, bs, lr, warmup))
+    return out
+
+
+# What a run key looks like (Snakemake's wildcard constraint), and the same with its parts named.
+RUN_KEY_PATTERN = r"bs\d+_lr[0-9][0-9.e+-]*?(?:_wu\d+)?"
+RUN_KEY = re.compile(r"bs(?P<batch_size>\d+)_lr(?P<lr>[0-9][0-9.e+-]*?)(?:_wu(?P<warmup>\d+))?")
+
+
+def parse_run_key(key: str) -> tuple[int, float, int]:
+    """(batch size, learning rate, warm-up epochs) from a run key such as bs64_lr0.02_wu5."""
+    match = RUN_KEY.fullmatch(key)
+    if match is None:
+        raise ConfigError(f"run key {key!r} is not of the form bs<B>_lr<LR>[_wu<epochs>]")
+    return int(match["batch_size"]), float(match["lr"]), int(match["warmup"] or 0)
 
 
 def run_dirs(params: dict) -> list[str]:

@@ -25,6 +25,7 @@ from torch.func import functional_call, grad, grad_and_value, stack_module_state
 from batchscale.data import Dataset
 from batchscale.io import load_torch, save_torch_atomic
 from batchscale.models import build_model
+from batchscale.scaling import warmup_fraction
 
 CHECKPOINT_VERSION = 1
 EVAL_CHUNK = 8192  # examples per forward pass when evaluating, to bound memory
@@ -48,16 +49,10 @@ class TrainSpec:
     momentum: float
     weight_decay: float = 0.0
     warmup_epochs: int = 0
+    warmup_start_lr: float = 0.0  # the ramp starts here (Goyal et al.: the base LR)
 
     def steps_per_epoch(self, num_train: int) -> int:
         return math.ceil(num_train / self.batch_size)
-
-
-def lr_factor(step: int, warmup_steps: int) -> float:
-    """Multiplier on the peak LR at global step `step`: a linear ramp, then constant."""
-    if warmup_steps <= 0:
-        return 1.0
-    return min(1.0, (step + 1) / warmup_steps)
 
 
 @dataclass
@@ -168,6 +163,14 @@ class Ensemble:
             state.generator_states[i] = gen.get_state()
         return torch.stack(perms).to(self.device)
 
+    def _scheduled_lrs(self, step: int, warmup_steps: int) -> torch.Tensor:
+        """Every member's LR at global step `step`: the warm-up ramp, then the peak."""
+        fraction = warmup_fraction(step, warmup_steps)
+        if fraction == 1.0:
+            return self.peak_lrs
+        start = self.spec.warmup_start_lr
+        return start + (self.peak_lrs - start) * fraction
+
     @torch.no_grad()
     def grad_competition(self, state: EnsembleState, perms: torch.Tensor) -> torch.Tensor:
         """|mean of per-example gradients| / mean of |per-example gradient| on the epoch's first
@@ -197,7 +200,7 @@ class Ensemble:
             idx = perms[:, step * spec.batch_size : (step + 1) * spec.batch_size]
             grads, losses = self._grad_step(state.params, state.buffers, x[idx], y[idx])
             loss_sum += losses * idx.shape[1]
-            lrs = self.peak_lrs * active * lr_factor(state.epoch * steps + step, warmup_steps)
+            lrs = active * self._scheduled_lrs(state.epoch * steps + step, warmup_steps)
             for name, param in state.params.items():
                 grad = grads[name]
                 if spec.weight_decay:
@@ -235,7 +238,8 @@ class Ensemble:
         for name, param in state.params.items():
             state.best[name] = torch.where(_member_view(improved, param), param, state.best[name])
         steps = self.spec.steps_per_epoch(len(self.data.x_train))
-        factor = lr_factor(max(state.epoch * steps - 1, 0), self.spec.warmup_epochs * steps)
+        last_step = max(state.epoch * steps - 1, 0)
+        fraction = warmup_fraction(last_step, self.spec.warmup_epochs * steps)
         columns = {
             "train_loss": train_loss,
             "grad_competition": competition,
@@ -248,12 +252,13 @@ class Ensemble:
         # One host transfer per epoch: metrics stay on the device until here.
         host = {k: (v.tolist() if v is not None else [math.nan] * self.members) for k, v in columns.items()}
         rows = []
+        start = self.spec.warmup_start_lr
         for m, seed in enumerate(self.spec.seeds):
             # The LR of the epoch's last step, from the Python floats (not the float32 copy).
             row = {
                 "seed": seed,
                 "epoch": state.epoch,
-                "lr": self.spec.lrs[m] * factor,
+                "lr": start + (self.spec.lrs[m] - start) * fraction,
                 "epoch_seconds": seconds,
             }
             row.update({k: host[k][m] for k in columns})

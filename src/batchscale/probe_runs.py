@@ -96,6 +96,34 @@ def slice_rows(run: TrainedRun, x: torch.Tensor, y: torch.Tensor, settings: dict
     return pd.DataFrame(rows)
 
 
+def noise_rows(run: TrainedRun, x: torch.Tensor, y: torch.Tensor, settings: dict) -> pd.DataFrame:
+    """McCandlish et al.'s simple noise scale B_simple = tr(Sigma) / |G|^2 of every member at
+    its initial, best and final weights: both parts averaged over consecutive batches of
+    `noise_batch_size` examples of the probe subset, then divided (their estimator)."""
+    size = settings["noise_batch_size"]
+    batches = [(x[i : i + size], y[i : i + size]) for i in range(0, len(x) - size + 1, size)]
+    rows = []
+    for index, seed in enumerate(run.seeds):
+        for which in ("init", *WEIGHT_SETS):
+            params, buffers = run.member(which, index)
+            parts = [
+                probes.noise_scale_parts(probes.per_example_gradients(run.base, params, buffers, xb, yb))
+                for xb, yb in batches
+            ]
+            trace_sigma = float(np.mean([p.trace_sigma for p in parts]))
+            grad_sq = float(np.mean([p.grad_sq for p in parts]))
+            rows.append(
+                {
+                    "seed": seed,
+                    "weights": which,
+                    "trace_sigma": trace_sigma,
+                    "grad_sq": grad_sq,
+                    "b_simple": trace_sigma / grad_sq if grad_sq > 0 else float("nan"),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
 def interpolation_rows(
     small: TrainedRun, large: TrainedRun, data: Dataset, x: torch.Tensor, y: torch.Tensor, points: int
 ) -> pd.DataFrame:

@@ -2,7 +2,11 @@ rule aggregate:
     input:
         runs=[f"{d}/history.csv" for d in RUN_DIRS],
         timing=expand("results/timing/bs{batch_size}.csv", batch_size=BATCH_SIZES),
-        probes=[f"{d}/{name}.csv" for d in PROBE_DIRS for name in ("sharpness", "slices")],
+        probes=[
+            f"{d}/{name}.csv"
+            for d in PROBE_DIRS
+            for name in ("sharpness", "slices", "noise")
+        ],
         landscape=LANDSCAPE,
     output:
         history="reports/tables/history.csv",
@@ -11,6 +15,7 @@ rule aggregate:
         curves="reports/tables/curves.csv",
         sharpness="reports/tables/sharpness.csv",
         slices="reports/tables/slices.csv",
+        noise="reports/tables/noise.csv",
         interpolation="reports/tables/interpolation.csv",
         contour="reports/tables/contour.csv",
     log:

@@ -16,15 +16,18 @@ BATCH_SIZES = sorted(PARAMS["grid"]["batch_sizes"])
 RUN_DIRS = bs_config.run_dirs(PARAMS)
 PROBE_DIRS = bs_config.probe_dirs(PARAMS)
 LANDSCAPE_PAIR = bs_config.landscape_pair(PARAMS)
-LANDSCAPE = ["results/landscape/interpolation.csv", "results/landscape/contour.csv"] if LANDSCAPE_PAIR else []
+LANDSCAPE = (
+    ["results/landscape/interpolation.csv", "results/landscape/contour.csv"]
+    if LANDSCAPE_PAIR
+    else []
+)
 # The software environment of every rule (with --software-deployment-method conda).
 ENV = "../envs/batchscale.yaml"
 
 
 wildcard_constraints:
     batch_size=r"\d+",
-    lr=r"[0-9][0-9.e+-]*",
-    run=r"bs\d+_lr[0-9][0-9.e+-]*",
+    run=bs_config.RUN_KEY_PATTERN,
 
 
 def sections_json(*names):
@@ -34,3 +37,9 @@ def sections_json(*names):
     parameters it depends on change.
     """
     return json.dumps({name: PARAMS[name] for name in names}, sort_keys=True)
+
+
+def run_arguments(run_key):
+    """`batchscale train` options for the run a key names (bs64_lr0.02_wu5)."""
+    batch_size, lr, warmup = bs_config.parse_run_key(run_key)
+    return f"--batch-size {batch_size} --lr {lr!r} --warmup-epochs {warmup}"

@@ -1,5 +1,6 @@
 # Probes of each trained run (fan-out per run, cached like training): sharpness of every
-# member's best and final weights (C5) and 1-D filter-normalised loss slices (C12).
+# member's best and final weights (C5), 1-D filter-normalised loss slices (C12) and the
+# gradient noise scale at the initial, best and final weights (McCandlish et al.).
 rule probe:
     input:
         weights="results/runs/{run}/weights.pt",
@@ -7,6 +8,7 @@ rule probe:
     output:
         sharpness="results/probes/{run}/sharpness.csv",
         slices="results/probes/{run}/slices.csv",
+        noise="results/probes/{run}/noise.csv",
     log:
         "logs/probe/{run}.log",
     conda:

@@ -1,14 +1,15 @@
-# One job per distinct (batch size, learning rate) of the grid; all seeds train as one
-# ensemble. Rules that agree at a batch size (all do at the base batch size) share the job.
+# One job per distinct training run of the grid (batch size, learning rate, warm-up); all
+# seeds train as one ensemble. Rules that agree at a batch size (all do at the base batch
+# size) share the job.
 rule train:
     input:
         data=PREPARED,
     output:
-        history="results/runs/bs{batch_size}_lr{lr}/history.csv",
-        summary="results/runs/bs{batch_size}_lr{lr}/summary.json",
-        weights="results/runs/bs{batch_size}_lr{lr}/weights.pt",
+        history="results/runs/{run}/history.csv",
+        summary="results/runs/{run}/summary.json",
+        weights="results/runs/{run}/weights.pt",
     log:
-        "logs/train/bs{batch_size}_lr{lr}.log",
+        "logs/train/{run}.log",
     conda:
         ENV
     threads: 1
@@ -17,8 +18,8 @@ rule train:
         runtime=120,
     params:
         sections=sections_json("data", "model", "train"),
+        run=lambda wildcards: run_arguments(wildcards.run),
         out_dir=subpath(output.history, parent=True),
     shell:
-        "batchscale train --params {params.sections:q} --batch-size {wildcards.batch_size}"
-        " --lr {wildcards.lr} --data {input.data} --out-dir {params.out_dir}"
-        " --threads {threads} > {log} 2>&1"
+        "batchscale train --params {params.sections:q} {params.run} --data {input.data}"
+        " --out-dir {params.out_dir} --threads {threads} > {log} 2>&1"
