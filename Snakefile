@@ -17,6 +17,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/timing.smk"
 include: "workflow/rules/probe.smk"
+include: "workflow/rules/bench.smk"
 include: "workflow/rules/aggregate.smk"
 include: "workflow/rules/report.smk"
 
@@ -27,3 +28,4 @@ rule all:
         "reports/report.html",
         "reports/claims.csv",
         "reports/metrics.json",
+        "reports/tables/bench.csv",

@@ -32,6 +32,10 @@ def test_tiny_study_runs_end_to_end_and_is_then_up_to_date(project):
     cells = len(tiny["grid"]["batch_sizes"]) * 2
     assert len(history) == cells * len(tiny["train"]["seeds"]) * (tiny["train"]["epochs"] + 1)
 
+    bench = pd.read_csv(project / "reports/tables/bench.csv")
+    assert {"naive loop (DataLoader, torch.optim.SGD)", "engine, 1 member"} <= set(bench["variant"])
+    assert (bench["ms_per_model_epoch"] > 0).all() and (bench["flop_floor_ms"] > 0).all()
+
     dry = run(["snakemake", "-n", "--configfile", "config/tiny.yaml"], project)
     assert "Nothing to be done" in dry.stdout + dry.stderr
 

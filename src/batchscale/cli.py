@@ -216,6 +216,29 @@ def cmd_landscape(args: argparse.Namespace) -> None:
     write_csv_atomic(out / "contour.csv", pd.concat(contours, ignore_index=True))
 
 
+def cmd_bench(args: argparse.Namespace) -> None:
+    from batchscale import bench, data, engine
+    from batchscale.io import write_csv_atomic
+
+    params = load_params(args.params)
+    dataset = data.load(Path(args.data))
+    _set_threads(min(args.threads, len(os.sched_getaffinity(0))))
+    device = engine.resolve_device(params["train"]["device"])
+    settings, train = params["bench"], params["train"]
+    table = bench.benchmark(
+        models=[{**params["model"], "name": name} for name in settings["models"]],
+        data=dataset.to(device),
+        batch_sizes=settings["batch_sizes"],
+        members=len(train["seeds"]),
+        repeats=settings["repeats"],
+        lr=train["base_lr"],
+        momentum=train["momentum"],
+        device=device,
+    )
+    print(bench.format_table(table))
+    write_csv_atomic(Path(args.out), table)
+
+
 def cmd_aggregate(args: argparse.Namespace) -> None:
     from batchscale.aggregate import aggregate
     from batchscale.config import cells, expected_train_size
@@ -314,6 +337,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="prepared .npz data file")
     p.add_argument("--out-dir", required=True, help="folder for sharpness.csv, slices.csv and noise.csv")
     p.add_argument("--threads", type=int, default=1, help="CPU threads for torch (default 1)")
+
+    p = add("bench", cmd_bench, "Time the naive loop and the engine; print ms per model-epoch and ratios.")
+    p.add_argument("--data", required=True, help="prepared .npz data file")
+    p.add_argument("--out", required=True, help="output CSV, e.g. reports/tables/bench.csv")
+    p.add_argument(
+        "--threads", type=int, default=1, help="CPU threads for torch (capped at the CPUs available)"
+    )
 
     p = add("landscape", cmd_landscape, "Interpolate between two runs' solutions; 2-D contours around each.")
     p.add_argument("--small", required=True, help="run folder of the small-batch solution")

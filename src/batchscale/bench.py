@@ -1,0 +1,141 @@
+"""The speed benchmark: the engine against a plain PyTorch loop, in one process.
+
+Every variant trains the same model on the same data for whole epochs, after one untimed
+warm-up epoch; the median of `repeats` epochs is reported per model-epoch (an ensemble of M
+members does M model-epochs per epoch). Ratios are taken against the naive loop measured
+in the same process moments before, so a shared, noisy machine moves both alike.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.flop_counter import FlopCounterMode
+
+from batchscale import engine
+from batchscale.data import Dataset
+from batchscale.models import build_model
+
+MATMUL_SIZE = 512  # square matrices timed for the machine's matrix-multiply rate
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_seconds(run_epoch: Callable[[], None], repeats: int, device: torch.device) -> float:
+    """Median wall time of `run_epoch` over `repeats` calls, after one untimed warm-up call."""
+    run_epoch()
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        run_epoch()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def naive_epoch_fn(model_params: dict, data: Dataset, batch_size: int, lr: float, momentum: float, device):
+    """The baseline: one model, a shuffling DataLoader, torch.optim.SGD, the textbook loop."""
+    torch.manual_seed(0)
+    model = build_model(model_params, data.in_features, data.num_classes).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    loader = DataLoader(TensorDataset(data.x_train, data.y_train), batch_size=batch_size, shuffle=True)
+
+    def run_epoch() -> None:
+        for x, y in loader:
+            x, y = x.to(device), y.to(device)
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+    return run_epoch
+
+
+def engine_epoch_fn(model_params: dict, data: Dataset, spec: engine.TrainSpec, device: torch.device):
+    ensemble = engine.Ensemble(model_params, data, spec, device)
+    state = ensemble.fresh_state()
+    return lambda: ensemble.train_epoch(state, ensemble.epoch_permutations(state))
+
+
+def flops_per_epoch(model_params: dict, data: Dataset, batch_size: int) -> float:
+    """Forward + backward FLOPs of one model over one epoch (torch's FLOP counter)."""
+    model = build_model(model_params, data.in_features, data.num_classes)
+    counter = FlopCounterMode(display=False)
+    x, y = data.x_train[:batch_size], data.y_train[:batch_size]
+    with counter:
+        F.cross_entropy(model(x), y).backward()
+    return counter.get_total_flops() * len(data.x_train) / batch_size
+
+
+def matmul_flops_per_second(device: torch.device, repeats: int = 20) -> float:
+    """The machine's matrix-multiply rate at the current thread count (FLOP/s)."""
+    a = torch.randn(MATMUL_SIZE, MATMUL_SIZE, device=device)
+    b = torch.randn(MATMUL_SIZE, MATMUL_SIZE, device=device)
+    seconds = median_seconds(lambda: a @ b, repeats, device)
+    return 2 * MATMUL_SIZE**3 / seconds
+
+
+def benchmark(
+    models: list[dict],
+    data: Dataset,
+    batch_sizes: list[int],
+    members: int,
+    repeats: int,
+    lr: float,
+    momentum: float,
+    device: torch.device,
+) -> pd.DataFrame:
+    """ms per model-epoch of each variant, its ratio to the naive loop, and the FLOP floor."""
+    rate = matmul_flops_per_second(device)
+    rows = []
+    for model_params in models:
+        for batch_size in batch_sizes:
+            variants = {
+                "naive loop (DataLoader, torch.optim.SGD)": (
+                    naive_epoch_fn(model_params, data, batch_size, lr, momentum, device),
+                    1,
+                ),
+            }
+            for m in sorted({1, members}):
+                spec = engine.TrainSpec(batch_size, list(range(m)), [lr] * m, 1, momentum)
+                variants[f"engine, {m} member{'s' if m > 1 else ''}"] = (
+                    engine_epoch_fn(model_params, data, spec, device),
+                    m,
+                )
+            floor_ms = 1000 * flops_per_epoch(model_params, data, batch_size) / rate
+            baseline = None
+            for variant, (run_epoch, m) in variants.items():
+                ms = 1000 * median_seconds(run_epoch, repeats, device) / m
+                baseline = baseline or ms
+                rows.append(
+                    {
+                        "model": model_params["name"],
+                        "batch_size": batch_size,
+                        "variant": variant,
+                        "members": m,
+                        "device": str(device),
+                        "threads": torch.get_num_threads(),
+                        "ms_per_model_epoch": ms,
+                        "examples_per_s": len(data.x_train) / (ms / 1000),
+                        "speedup_vs_naive": baseline / ms,
+                        "flop_floor_ms": floor_ms,
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def format_table(table: pd.DataFrame) -> str:
+    """The fixed-width table `batchscale bench` prints."""
+    shown = table[["model", "batch_size", "variant", "ms_per_model_epoch", "examples_per_s",
+                   "speedup_vs_naive", "flop_floor_ms"]]  # fmt: skip
+    return shown.to_string(index=False, float_format=lambda v: f"{v:,.2f}")

@@ -1,0 +1,46 @@
+"""The benchmark's arithmetic floor and its table, on a tiny problem."""
+
+from __future__ import annotations
+
+import torch
+
+from batchscale import bench
+from batchscale.data import Dataset
+
+from conftest import random_arrays
+
+
+def tiny() -> Dataset:
+    arrays = {k: torch.from_numpy(v) for k, v in random_arrays(n_train=64, features=12).items()}
+    return Dataset(**arrays, num_classes=3)
+
+
+def test_flops_of_a_linear_model_are_counted_exactly():
+    data = tiny()
+    # MLP 12 -> 3 with no hidden layer is impossible (hidden needs >= 1), so use 12 -> 4 -> 3:
+    # forward 2*B*(12*4 + 4*3) FLOPs, backward twice that (grads of inputs and weights),
+    # except the first layer's input gradient, which autograd skips: 2*B*12*4 fewer.
+    model = {"name": "mlp", "hidden": [4]}
+    batch = 16
+    forward = 2 * batch * (12 * 4 + 4 * 3)
+    backward = 2 * forward - 2 * batch * 12 * 4
+    per_epoch = (forward + backward) * len(data.x_train) / batch
+    assert bench.flops_per_epoch(model, data, batch) == per_epoch
+
+
+def test_benchmark_table_has_every_variant_with_ratios_against_the_naive_loop():
+    table = bench.benchmark(
+        models=[{"name": "mlp", "hidden": [8]}],
+        data=tiny(),
+        batch_sizes=[16],
+        members=3,
+        repeats=1,
+        lr=0.01,
+        momentum=0.9,
+        device=torch.device("cpu"),
+    )
+    assert list(table["members"]) == [1, 1, 3]
+    assert table["speedup_vs_naive"].iloc[0] == 1.0
+    naive = table["ms_per_model_epoch"].iloc[0]
+    assert (table["speedup_vs_naive"] == naive / table["ms_per_model_epoch"]).all()
+    assert "engine, 3 members" in bench.format_table(table)
