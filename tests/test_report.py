@@ -20,6 +20,8 @@ NOTEBOOK = ROOT / "workflow" / "notebooks" / "report.ipynb"
 SIZES = (32, 128)
 SEEDS = (0, 1, 2)
 EPOCHS = 8
+WARMUP_EPOCHS = 3
+NUM_TRAIN = 480  # as data.json says: steps per epoch for steps to target
 
 
 def small_params() -> dict:
@@ -27,24 +29,34 @@ def small_params() -> dict:
         {
             "data": {"num_samples": 600},
             "model": {"hidden": [16]},
-            "train": {"epochs": EPOCHS, "seeds": list(SEEDS)},
-            "grid": {"batch_sizes": list(SIZES), "lr_rules": ["none", "linear"]},
+            "train": {"epochs": EPOCHS, "seeds": list(SEEDS), "warmup_epochs": WARMUP_EPOCHS},
+            "grid": {"batch_sizes": list(SIZES), "lr_rules": ["none", "linear", "linear_warmup"]},
             "timing": {"warmup_epochs": 0, "repeats": 3},
             "stats": {"bootstrap": 100},
         }
     )
 
 
-def fake_history(rule: str, batch_size: int, params: dict) -> pd.DataFrame:
-    """Plausible curves: loss falls faster with a larger LR per example; B=32 overfits late."""
+def fake_history(rule: str, batch_size: int, params: dict, warmup_epochs: int = 0) -> pd.DataFrame:
+    """Plausible curves: loss falls faster with a larger LR per example; B=32 overfits late.
+
+    With `warmup_epochs` the LR ramps from the base LR to the rule's over those epochs, and the
+    loss falls more slowly meanwhile; B=128 at the constant LR never reaches the target."""
     train = params["train"]
-    lr = scaled_lr(rule, train["base_lr"], train["base_batch_size"], batch_size)
-    rate = 0.35 * (lr / train["base_lr"]) * (train["base_batch_size"] / batch_size) ** 0.5
+    base = train["base_lr"]
+    peak = scaled_lr(rule, base, train["base_batch_size"], batch_size)
+    lrs = [
+        base + (peak - base) * min(1.0, e / warmup_epochs) if warmup_epochs else peak
+        for e in range(EPOCHS + 1)
+    ]
+    rates = [0.35 * (lr / base) * (train["base_batch_size"] / batch_size) ** 0.5 for lr in lrs]
+    progress = np.concatenate([[0.0], np.cumsum(rates[1:])])  # epoch 0: the initial weights
     rows = []
     for seed in SEEDS:
         rng = np.random.default_rng(1000 * seed + batch_size + len(rule))
         for epoch in range(EPOCHS + 1):
-            train_loss = 0.3 + 2.0 * np.exp(-rate * epoch) + 0.01 * rng.random()
+            lr, rate = lrs[epoch], rates[epoch]
+            train_loss = 0.3 + 2.0 * np.exp(-progress[epoch]) + 0.01 * rng.random()
             overfit = 0.01 * max(0, epoch - 4) ** 2 if batch_size == SIZES[0] else 0.0
             rows.append(
                 {
@@ -52,7 +64,7 @@ def fake_history(rule: str, batch_size: int, params: dict) -> pd.DataFrame:
                     "epoch_seconds": np.nan if epoch == 0 else 0.01 * 32 / batch_size,
                     "train_loss": train_loss, "train_acc": 1 - train_loss / 2.5,
                     "val_loss": train_loss + 0.05 + overfit, "val_acc": 1 - train_loss / 2.4,
-                    "dist_from_init": rate * epoch, "update_norm": np.nan if epoch == 0 else rate,
+                    "dist_from_init": progress[epoch], "update_norm": np.nan if epoch == 0 else rate,
                     "lr": lr, "diverged": False,
                     "grad_competition": np.nan if epoch == 0 else 0.05 + 0.9 / batch_size**0.5,
                 }
@@ -93,6 +105,24 @@ def fake_slices(lr: float, batch_size: int) -> pd.DataFrame:
     )
 
 
+def fake_noise(batch_size: int) -> pd.DataFrame:
+    """What the noise probe writes: B_simple about 300 at init (the same in every cell), about 100
+    at the best weights of B=32, growing with the batch size; one |G|^2 estimate not positive."""
+    rows = []
+    for seed in SEEDS:
+        for weights, b_simple in (("init", 300.0), ("best", 100.0), ("final", 120.0)):
+            scale = 1 + 0.1 * seed
+            if weights != "init":
+                scale *= (batch_size / SIZES[0]) ** 0.5
+            rows.append(
+                {"seed": seed, "weights": weights, "trace_sigma": 0.01 * b_simple * scale, "grad_sq": 0.01,
+                 "b_simple": b_simple * scale}
+            )  # fmt: skip
+    if batch_size == SIZES[-1]:
+        rows[-1].update(grad_sq=-0.001, b_simple=np.nan)
+    return pd.DataFrame(rows)
+
+
 def write_landscape(folder: Path) -> None:
     """What `batchscale landscape` writes: the interpolation line and the two 2-D slices."""
     alphas = np.linspace(-0.5, 1.5, 9)
@@ -118,19 +148,20 @@ def write_landscape(folder: Path) -> None:
     write_csv_atomic(folder / "contour.csv", contour)
 
 
-def write_tables(root: Path, params: dict, probes: bool = True) -> tuple[Path, Path]:
+def write_tables(root: Path, params: dict, probes: bool = True, steps: bool = True) -> tuple[Path, Path]:
     """Run (and probe) folders and timings -> the package's own aggregate and claims -> tables,
-    claims.csv. `probes=False`: as when the probe and landscape steps did not run."""
+    claims.csv. `probes=False`: as when the probe and landscape steps did not run; `steps=False`:
+    as tables aggregated before steps to target were counted."""
     timing_files = []
     grid = cells(params)
     for cell in grid:  # rules that share a run (same LR at a batch size) write the same file
-        write_csv_atomic(
-            root / cell.run_dir / "history.csv", fake_history(cell.rule, cell.batch_size, params)
-        )
+        history = fake_history(cell.rule, cell.batch_size, params, cell.warmup_epochs)
+        write_csv_atomic(root / cell.run_dir / "history.csv", history)
         if probes:
             probe_dir = root / cell.probe_dir
             write_csv_atomic(probe_dir / "sharpness.csv", fake_sharpness(cell.lr, cell.batch_size))
             write_csv_atomic(probe_dir / "slices.csv", fake_slices(cell.lr, cell.batch_size))
+            write_csv_atomic(probe_dir / "noise.csv", fake_noise(cell.batch_size))
     landscape = root / "results" / "landscape" if probes else None
     if landscape:
         write_landscape(landscape)
@@ -150,7 +181,9 @@ def write_tables(root: Path, params: dict, probes: bool = True) -> tuple[Path, P
         timing_files.append(root / "timing" / f"bs{b}.csv")
         write_csv_atomic(timing_files[-1], pd.DataFrame(rows))
     tables = root / "reports" / "tables"
-    aggregate.aggregate(grid, timing_files, tables, root=root, landscape_dir=landscape)
+    aggregate.aggregate(
+        grid, timing_files, tables, root=root, landscape_dir=landscape, num_train=NUM_TRAIN if steps else None
+    )
     runs, timing = pd.read_csv(tables / "runs.csv"), pd.read_csv(tables / "timing.csv")
     settings = claims.Settings.from_params(params)
     write_csv_atomic(tables / "article_comparison.csv", claims.article_comparison(runs, settings))
@@ -161,13 +194,20 @@ def write_tables(root: Path, params: dict, probes: bool = True) -> tuple[Path, P
 
 def render_fake(root: Path, probes: bool) -> dict:
     params = small_params()
-    tables, claims_csv = write_tables(root, params, probes=probes)
-    info = {"num_classes": 10, "x_train_shape": [480, 40], "x_val_shape": [120, 40], "sha256": "ab" * 32}
+    # Without probes the tables are also old ones, from before steps to target were counted.
+    tables, claims_csv = write_tables(root, params, probes=probes, steps=probes)
+    info = {
+        "num_classes": 10,
+        "x_train_shape": [NUM_TRAIN, 40],
+        "x_val_shape": [120, 40],
+        "sha256": "ab" * 32,
+    }
     (root / "data.json").write_text(json.dumps(info))
     out, executed = root / "reports" / "report.html", root / "results" / "report.executed.ipynb"
     report.render(NOTEBOOK, tables, claims_csv, params, executed, out, data_info=root / "data.json")
     return {
         "root": root,
+        "tables": tables,
         "html": out.read_text(encoding="utf-8"),
         "executed": executed,
         "params": params,
@@ -219,6 +259,7 @@ def test_report_shows_setup_and_caveats(rendered):
     page = rendered["html"]
     assert "training examples" in page and ">480<" in page  # from the data description
     assert "LR 0.04" in page  # linear rule at B=128, from runs.csv
+    assert "LR 0.01 → 0.04" in page and f"{WARMUP_EPOCHS}-epoch ramp" in page  # the warm-up cell
     # B=128's validation loss is still falling at the last epoch: the report must say so.
     assert "had not passed its minimum" in page
 
@@ -256,6 +297,31 @@ def test_report_renders_without_probes(tmp_path):
     assert images(c12) == 0 and "No loss-landscape measurements" in c12
     assert "interpolation.csv" in c12 and "contour.csv" in c12
     assert images(section(page, "C10")) == 2  # gradient competition comes from training, not probes
+    beyond = section(page, "beyond")  # old tables: no steps to target, no noise scale
+    assert images(beyond) == 1  # the rules compared come from training alone
+    assert "No steps to target" in beyond and "No gradient noise-scale measurements" in beyond
+    assert "critical batch size of about" not in beyond
+
+
+def test_beyond_the_article_section(rendered):
+    page, tables = rendered["html"], rendered["tables"]
+    beyond = section(page, "beyond")
+    assert page.index('id="C12"') < page.index('id="beyond"')  # at the end, after C12
+    assert images(beyond) == 3  # rules compared, steps to target, noise scale
+    assert "No steps to target" not in beyond and "No gradient noise-scale" not in beyond
+    assert f"over the first {WARMUP_EPOCHS} epochs" in beyond  # the caption explains the shaded ramp
+    runs = pd.read_csv(tables / "runs.csv")
+    assert f"target validation loss is {report.fmt_number(runs['target_val_loss'].iloc[0])}" in beyond
+    assert "none/B=128 (3 of 3)" in beyond  # the constant LR at B=128 never gets there
+    noise = pd.read_csv(tables / "noise.csv")
+    left_out = f"{noise['b_simple'].isna().sum()} of {len(noise)} estimates are left out"
+    assert left_out in beyond  # the fake |G|^2 that is not positive
+    critical = report.critical_batch_size(noise)
+    assert critical is not None and critical.value == pytest.approx(110.0)
+    assert f"critical batch size of about <b>{report.fmt_number(critical.value)}</b>" in beyond
+    departure = report.scaling_departure(runs)
+    assert departure is not None and departure.first_beyond is None  # linear scales across this grid
+    assert "lies beyond the grid" in beyond and "below that range" in beyond
 
 
 def test_failed_render_leaves_no_report(rendered, tmp_path):
@@ -303,3 +369,77 @@ def test_contour_levels_start_at_zero_and_cover_the_largest_rise():
     assert np.all(np.diff(levels) > 0)
     flat = contour_levels(np.zeros(4))  # a flat surface still gets increasing levels
     assert np.all(np.diff(flat) > 0)
+
+
+def steps_runs(steps: dict[int, list[float]], rule: str = "linear") -> pd.DataFrame:
+    """runs.csv rows with steps to target: {batch size: steps per seed (NaN: never reached)}."""
+    return pd.DataFrame(
+        [
+            {"rule": rule, "batch_size": b, "seed": i, "steps_to_target": v, "target_val_loss": 0.5}
+            for b, values in steps.items()
+            for i, v in enumerate(values)
+        ]
+    )
+
+
+def test_scaling_departure_finds_where_steps_stop_halving():
+    # Perfect scaling from B=32 is 1000, 500, 250, 125 steps: ratios 1, 1.04, 1.2, 2.08.
+    runs = steps_runs({32: [990, 1000, 1010], 64: [520] * 3, 128: [300] * 3, 256: [250, 260, 270]})
+    departure = report.scaling_departure(runs)
+    assert (departure.last_within, departure.first_beyond) == (128, 256)
+    assert departure.ratio == pytest.approx(260 / 125)
+    within = report.scaling_departure(runs, factor=3.0)
+    assert (within.last_within, within.first_beyond) == (256, None)
+    # Runs that never reached the target count as infinitely many steps in the median.
+    missed = steps_runs({32: [1000] * 3, 64: [500, np.nan, np.nan], 128: [250] * 3})
+    departure = report.scaling_departure(missed)
+    assert (departure.last_within, departure.first_beyond, departure.ratio) == (32, 64, np.inf)
+    assert report.scaling_departure(runs.drop(columns="steps_to_target")) is None  # older tables
+    assert report.scaling_departure(steps_runs({32: [1000] * 3})) is None  # nothing to compare
+
+
+def test_critical_batch_size_is_the_median_best_b_simple_of_the_smallest_batch():
+    rows = [
+        {"rule": rule, "batch_size": b, "seed": seed, "weights": weights, "b_simple": value}
+        for rule in ("none", "linear")
+        for b in (32, 128)
+        for seed, value in enumerate((80.0, 100.0, np.nan, 130.0))
+        for weights in ("init", "best", "final")
+    ]
+    noise = pd.DataFrame(rows)
+    noise.loc[noise["weights"] != "best", "b_simple"] *= 10  # only the best weights count
+    critical = report.critical_batch_size(noise)
+    assert (critical.value, critical.batch_size, critical.rule, critical.seeds) == (100.0, 32, "linear", 3)
+    assert report.critical_batch_size(noise, "sqrt") is None
+    assert report.critical_batch_size(pd.DataFrame()) is None
+
+
+def test_critical_batch_sentence_compares_prediction_and_measurement():
+    departure = report.Departure("linear", 2.0, last_within=128, first_beyond=256, ratio=2.4)
+    sentence = report.critical_batch_sentence
+
+    def critical(value: float) -> report.CriticalBatch:
+        return report.CriticalBatch(value, 32, "linear", 3)
+
+    assert "between 128 and 256" in sentence(critical(200), departure)
+    assert "falls in that range" in sentence(critical(200), departure)
+    assert "2x below that range" in sentence(critical(64), departure)
+    assert "4x above that range" in sentence(critical(1024), departure)
+    beyond = report.Departure("linear", 2.0, last_within=256, first_beyond=None, ratio=1.3)
+    assert "beyond the grid" in sentence(critical(1000), beyond) and "falls in" in sentence(
+        critical(1000), beyond
+    )
+    never = report.Departure("linear", 2.0, last_within=128, first_beyond=256, ratio=np.inf)
+    assert "B=256 mostly never reached the target" in sentence(critical(200), never)
+    assert "critical batch size of about" in sentence(critical(200), None)
+    assert sentence(None, None) == ""
+
+
+def test_lr_grid_marks_the_warmup_cells():
+    runs = pd.DataFrame(
+        {"rule": ["linear_warmup"] * 2 + ["linear"], "batch_size": [32, 256, 256], "seed": [0, 0, 0],
+         "lr": [0.01, 0.08, 0.08]}
+    )  # fmt: skip
+    grid = report.lr_grid(runs, warmup_epochs=5, base_lr=0.01)
+    assert grid.count("5-epoch ramp") == 1 and "LR 0.01 → 0.08" in grid  # B=32 starts at the base LR
+    assert "ramp" not in report.lr_grid(runs)

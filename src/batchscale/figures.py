@@ -25,8 +25,13 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 from batchscale.scaling import RULES
 
 # One colour per LR rule, the same in every figure, so a reader learns it once.
-RULE_COLOURS = {"none": "#4C72B0", "linear": "#DD8452", "sqrt": "#55A868"}
-RULE_LABELS = {"none": "constant LR (none)", "linear": "linear scaling", "sqrt": "sqrt scaling"}
+RULE_COLOURS = {"none": "#4C72B0", "linear": "#DD8452", "sqrt": "#55A868", "linear_warmup": "#C44E52"}
+RULE_LABELS = {
+    "none": "constant LR (none)",
+    "linear": "linear scaling",
+    "sqrt": "sqrt scaling",
+    "linear_warmup": "linear + warm-up",
+}
 # Rules sit side by side at each batch size so their seeds' points do not hide each other.
 RULE_OFFSET = 0.07  # in log2 units of batch size
 ARTICLE_COLOUR = "#555555"
@@ -110,6 +115,12 @@ def _finite(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     return out
 
 
+def _rule_panels_width(count: int) -> float:
+    """Width of a figure with one panel per LR rule and a legend at the right: narrower panels
+    when there are many rules, so the page does not shrink the figure to unreadable type."""
+    return min(4.6, 12.0 / max(count, 1)) * count + 1.2
+
+
 def _offsets(rules: list[str]) -> dict[str, float]:
     centre = (len(rules) - 1) / 2
     return {rule: 2 ** ((i - centre) * RULE_OFFSET) for i, rule in enumerate(rules)}
@@ -126,7 +137,7 @@ def learning_curves(history: pd.DataFrame, metrics: tuple[str, ...] = ("train_lo
     rules = ordered_rules(history)
     sizes = sorted(history["batch_size"].unique())
     palette = batch_palette(sizes)
-    fig = Figure(figsize=(4.6 * len(rules) + 1.2, 3.0 * len(metrics)), layout="constrained")
+    fig = Figure(figsize=(_rule_panels_width(len(rules)), 3.0 * len(metrics)), layout="constrained")
     axes = fig.subplots(len(metrics), len(rules), squeeze=False, sharex=True, sharey="row")
     stats = history.groupby(["rule", "batch_size", "epoch"])[list(metrics)].agg(["mean", "std"])
     for row, metric in enumerate(metrics):
@@ -156,7 +167,7 @@ def mean_curves(curves: pd.DataFrame, metric: str, ylabel: str) -> Figure:
     rules = ordered_rules(curves)
     sizes = sorted(curves["batch_size"].unique())
     palette = batch_palette(sizes)
-    fig = Figure(figsize=(4.6 * len(rules) + 1.2, 3.0), layout="constrained")
+    fig = Figure(figsize=(_rule_panels_width(len(rules)), 3.0), layout="constrained")
     axes = fig.subplots(1, len(rules), squeeze=False, sharey=True)[0]
     for ax, rule in zip(axes, rules, strict=True):
         for size in sizes:
@@ -484,7 +495,7 @@ def slice_curves(slices: pd.DataFrame, centred: bool = True) -> Figure:
     rules = ordered_rules(slices)
     sizes = sorted(slices["batch_size"].unique())
     palette = batch_palette(sizes)
-    fig = Figure(figsize=(4.6 * len(rules) + 1.2, 3.4), layout="constrained")
+    fig = Figure(figsize=(_rule_panels_width(len(rules)), 3.4), layout="constrained")
     axes = fig.subplots(1, len(rules), squeeze=False, sharey=True)[0]
     for ax, rule in zip(axes, rules, strict=True):
         for size in sizes:
@@ -545,4 +556,142 @@ def contour_panels(contour: pd.DataFrame) -> Figure:
     axes[0].set_ylabel("beta (direction 2)")
     bar = fig.colorbar(filled, ax=list(axes), label="training loss above the panel's minimum")
     bar.set_ticks(levels[::2], labels=[f"{v:.2g}" for v in levels[::2]])
+    return fig
+
+
+# ---------------------------------------------------------------------------------------
+# Beyond the article: the LR rules side by side, steps to target (Shallue et al. 2019) and the
+# gradient noise scale (McCandlish et al. 2018).
+# ---------------------------------------------------------------------------------------
+
+WARMUP_COLOUR = "#BBBBBB"
+
+
+@_styled
+def rules_compared(runs: pd.DataFrame, history: pd.DataFrame, warmup_epochs: int | None = None) -> Figure:
+    """The LR rules side by side. Left: minimum validation loss vs batch size (points per seed,
+    a line through the means per rule). Right: validation loss per epoch at the largest batch
+    size, one line per rule (mean over seeds, +- 1 sd band); `warmup_epochs` shades the ramp."""
+    fig = Figure(figsize=(11.0, 3.9), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    _per_seed_points(left, _finite(runs, ["min_val_loss"]), "min_val_loss")
+    left.set_ylabel("minimum validation loss")
+    left.set_title("every batch size")
+    largest = int(history["batch_size"].max())
+    curves = _finite(history[history["batch_size"] == largest], ["val_loss"])
+    if warmup_epochs:
+        right.axvspan(0, warmup_epochs, color=WARMUP_COLOUR, alpha=0.25, lw=0,
+                      label=f"warm-up ramp ({warmup_epochs} epochs)")  # fmt: skip
+    for rule in ordered_rules(curves):
+        _mean_band(
+            right, curves[curves["rule"] == rule], "epoch", "val_loss", rule_colour(rule), rule_label(rule)
+        )
+    right.set_title(f"learning curves at the largest batch, B={largest}")
+    right.set_xlabel("epoch")
+    right.set_ylabel("validation loss")
+    handles, labels = right.get_legend_handles_labels()
+    if warmup_epochs:  # the rules first, then what the shading means
+        handles, labels = handles[1:] + handles[:1], labels[1:] + labels[:1]
+    fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), frameon=False, fontsize="small")
+    return fig
+
+
+def _medians_counting_misses(cell: pd.DataFrame, metric: str) -> pd.Series:
+    """Median over seeds per batch size, a missing value (never got there) counting as +inf."""
+    return cell.assign(**{metric: cell[metric].fillna(np.inf)}).groupby("batch_size")[metric].median()
+
+
+def _mark_critical_batch(ax: Axes, value: float, sizes: list[int]) -> None:
+    """A vertical line at the predicted critical batch size; the axis widens to show it when it
+    lies within a factor 8 of the grid, else an arrow at the edge points the way."""
+    low, high = min(sizes), max(sizes)
+    label = f"predicted critical batch size, {value:.3g}"
+    if low / 8 <= value <= high * 8:
+        left, right = ax.get_xlim()
+        ax.set_xlim(min(left, value / 2**0.3), max(right, value * 2**0.3))
+        ax.axvline(value, color=NOISE_COLOUR, ls=":", lw=1.8, label=label)
+        return
+    side = 0.99 if value > high else 0.01
+    arrow = f"{label} \u2192" if value > high else f"\u2190 {label}"
+    ax.text(side, 0.97, arrow, transform=ax.transAxes, ha="right" if value > high else "left", va="top",
+            fontsize="small", color=NOISE_COLOUR)  # fmt: skip
+
+
+@_styled
+def steps_to_target_vs_batch(
+    runs: pd.DataFrame, critical_batch: float | None = None, reference_rule: str = "linear"
+) -> Figure:
+    """Shallue et al.'s picture: optimizer steps to the target validation loss vs batch size on
+    log-log axes. Points: one per seed; line: median over seeds per rule (a run that never
+    reached the target counts as infinitely many steps). Dashed: perfect scaling, steps
+    proportional to 1/B through `reference_rule`'s median at the smallest batch size."""
+    metric = "steps_to_target"
+    runs = _finite(runs, [metric])
+    rules = ordered_rules(runs)
+    offsets = _offsets(rules)
+    sizes = sorted(int(b) for b in runs["batch_size"].unique())
+    fig = Figure(figsize=(7.0, 4.2), layout="constrained")
+    ax = fig.subplots()
+    for rule in rules:
+        cell = runs[runs["rule"] == rule]
+        reached = cell.dropna(subset=[metric])
+        ax.scatter(reached["batch_size"] * offsets[rule], reached[metric], s=14, alpha=0.45,
+                   color=rule_colour(rule), lw=0)  # fmt: skip
+        medians = _medians_counting_misses(cell, metric)
+        medians = medians[np.isfinite(medians)]
+        ax.plot(medians.index * offsets[rule], medians.values, "o-", color=rule_colour(rule), ms=6, lw=1.8,
+                label=f"{rule_label(rule)} (median)")  # fmt: skip
+    reference = _medians_counting_misses(runs[runs["rule"] == reference_rule], metric)
+    if len(reference) and np.isfinite(reference.iloc[0]):
+        smallest, steps = reference.index[0], reference.iloc[0]
+        line = np.geomspace(smallest, sizes[-1], 50)
+        ax.plot(line, steps * smallest / line, ls="--", color=ARTICLE_COLOUR, lw=1.4,
+                label="perfect scaling (steps \u221d 1/B)")  # fmt: skip
+    log2_batch_axis(ax, sizes)
+    if critical_batch is not None and np.isfinite(critical_batch) and critical_batch > 0:
+        _mark_critical_batch(ax, critical_batch, sizes)
+    log_y_axis(ax)
+    ax.set_ylabel("optimizer steps to target (log scale)")
+    ax.legend(frameon=False, fontsize="small")
+    return fig
+
+
+NOISE_WEIGHTS = {
+    "init": "initial weights",
+    "best": "best weights (min. val loss)",
+    "final": "final weights (last epoch)",
+}
+
+
+@_styled
+def noise_scale_vs_batch(noise: pd.DataFrame) -> Figure:
+    """McCandlish et al.'s simple noise scale B_simple vs the batch size the weights were trained
+    with, one panel per weight set (initial, best, final), log y. Points: one per seed; line:
+    median over seeds per rule; dashed: B_simple = B (batches below it are mostly noise)."""
+    noise = _finite(noise, ["b_simple"])
+    noise = noise[noise["b_simple"] > 0]  # NaN: the |G|^2 estimate was not positive
+    panels = [w for w in NOISE_WEIGHTS if (noise["weights"] == w).any()]
+    rules = ordered_rules(noise)
+    offsets = _offsets(rules)
+    sizes = sorted(int(b) for b in noise["batch_size"].unique())
+    fig = Figure(figsize=(3.7 * len(panels) + 0.8, 3.9), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False, sharey=True)[0]
+    for ax, which in zip(axes, panels, strict=True):
+        part = noise[noise["weights"] == which]
+        for rule in rules:
+            cell = part[part["rule"] == rule]
+            if cell.empty:
+                continue
+            ax.scatter(cell["batch_size"] * offsets[rule], cell["b_simple"], s=14, alpha=0.45,
+                       color=rule_colour(rule), lw=0)  # fmt: skip
+            medians = cell.groupby("batch_size")["b_simple"].median()
+            ax.plot(medians.index * offsets[rule], medians.values, "o-", color=rule_colour(rule), ms=5,
+                    lw=1.6, label=f"{rule_label(rule)} (median)")  # fmt: skip
+        ax.plot(sizes, sizes, ls="--", color=ARTICLE_COLOUR, lw=1.2, label="B_simple = batch size")
+        log2_batch_axis(ax, sizes)
+        ax.set_title(NOISE_WEIGHTS[which])
+    log_y_axis(axes[0])
+    axes[0].set_ylabel("B_simple = tr(\u03a3) / |G|\u00b2 (log scale)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), frameon=False, fontsize="small")
     return fig

@@ -13,10 +13,12 @@ import math
 import os
 import platform
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
+from batchscale.aggregate import TARGET_MARGIN
 from batchscale.io import atomic_path
 from batchscale.scaling import RULES
 
@@ -318,8 +320,12 @@ def definition_list(items: dict) -> str:
     return key_values([(str(k), esc(v)) for k, v in items.items() if not is_missing(v)])
 
 
-def lr_grid(runs: pd.DataFrame) -> str:
-    """Batch sizes x LR rules, each cell's learning rate and seed count, as run."""
+def lr_grid(runs: pd.DataFrame, warmup_epochs: int = 0, base_lr: float | None = None) -> str:
+    """Batch sizes x LR rules, each cell's learning rate and seed count, as run.
+
+    With `warmup_epochs` and `base_lr`, linear_warmup cells whose LR is not the base LR (those
+    that ramp, as `config.cells` lays them out) show the ramp: "LR 0.01 → 0.04" over "5-epoch ramp".
+    """
     sizes = sorted(runs["batch_size"].unique())
     head = "<tr><th>LR rule \\ batch size</th>" + "".join(f"<th>{b}</th>" for b in sizes) + "</tr>"
     body = []
@@ -339,9 +345,16 @@ def lr_grid(runs: pd.DataFrame) -> str:
                 if len(lrs) == 1
                 else f"{fmt_number(lrs[0], 4)}–{fmt_number(lrs[-1], 4)}"
             )
-            cells.append(
-                f'<td class="num">LR {lr}<br><span class="bs-rule">{run["seed"].nunique()} seeds</span></td>'
-            )
+            note = f"{run['seed'].nunique()} seeds"
+            if (
+                rule == "linear_warmup"
+                and warmup_epochs
+                and base_lr is not None
+                and lrs[0] != round(base_lr, 6)
+            ):
+                lr = f"{fmt_number(base_lr, 4)} → {lr}"
+                note = f"{warmup_epochs}-epoch ramp, {note}"
+            cells.append(f'<td class="num">LR {lr}<br><span class="bs-rule">{note}</span></td>')
         body.append(f"<tr><th>{esc(rule)}</th>{''.join(cells)}</tr>")
     return f"<table>{head}{''.join(body)}</table>"
 
@@ -355,14 +368,19 @@ def read_table(path: Path) -> pd.DataFrame:
         return pd.DataFrame()
 
 
-def not_run_note(what: str, tables: list[str]) -> str:
-    """Said in place of the figures whose probe did not run for these tables."""
+def not_run_note(what: str, tables: list[str], why: str | None = None) -> str:
+    """Said in place of the figures whose probe did not run for these tables.
+
+    `why` (HTML) replaces the default explanation after the table names, e.g. for a column that
+    tables written before it existed lack.
+    """
     names = ", ".join(f"<code>{esc(t)}</code>" for t in tables)
     verb, probe = ("is", "its probe") if len(tables) == 1 else ("are", "their probes")
-    return (
-        f'<div class="bs-note"><b>No {esc(what)}:</b> {names} {verb} empty: {probe} did not run for these '
-        "tables, so there is nothing to plot (the verdict above says what could not be measured).</div>"
+    why = why or (
+        f"{verb} empty: {probe} did not run for these tables, so there is nothing to plot (the verdict "
+        "above says what could not be measured)"
     )
+    return f'<div class="bs-note"><b>No {esc(what)}:</b> {names} {why}.</div>'
 
 
 def unpassed_runs(runs: pd.DataFrame) -> pd.DataFrame:
@@ -440,3 +458,188 @@ def comparison_table(comparison: pd.DataFrame, confidence: float) -> str:
         for r in comparison.itertuples()
     )
     return f"<table>{head}{rows}</table>"
+
+
+# ---------------------------------------------------------------------------------------
+# Beyond the article: steps to target (Shallue et al. 2019) and the gradient noise scale
+# (McCandlish et al. 2018).
+# ---------------------------------------------------------------------------------------
+
+# Where the measured steps to target leave perfect scaling. In McCandlish et al.'s model the
+# steps are S = S_min (1 + B_noise / B), so relative to perfect scaling from the smallest batch
+# B0 they are (B + B_noise) / (B0 + B_noise) times too many: 2 at B = B_noise + 2 B0. A batch
+# size whose median steps exceed twice the perfect-scaling count is therefore past the
+# critical batch size, which makes the two directly comparable.
+DEPARTURE_FACTOR = 2.0
+
+
+def reference_rule(runs: pd.DataFrame) -> str:
+    """The rule steps to target are judged under: linear when the grid has it (as the target
+    itself, `aggregate.target_val_loss`), else the first rule of the table."""
+    return "linear" if "linear" in set(runs["rule"]) else str(runs["rule"].iloc[0])
+
+
+def has_steps_to_target(runs: pd.DataFrame) -> bool:
+    """Whether the tables have steps to target at all (older tables do not)."""
+    return "steps_to_target" in runs and "target_val_loss" in runs
+
+
+def target_caption(runs: pd.DataFrame) -> str:
+    """The target validation loss and how it was chosen, from the table."""
+    rule = reference_rule(runs)
+    medians = runs[runs["rule"] == rule].groupby("batch_size")["min_val_loss"].median()
+    worst = medians.idxmax()
+    return (
+        f"The target validation loss is {fmt_number(runs['target_val_loss'].iloc[0])}: "
+        f"{TARGET_MARGIN:.0%} above the worst median (over seeds) minimum validation loss of the "
+        f"{esc(rule)} rule's batch sizes (B={worst}: {fmt_number(medians[worst])}), so that every "
+        f"{esc(rule)}-rule cell can reach it."
+    )
+
+
+def target_note(runs: pd.DataFrame, history: pd.DataFrame) -> str:
+    """A warning when the target is no harder than the initial weights' validation loss: every run
+    then reaches it after its first epoch, and steps to target measure the epoch length only."""
+    initial = history.loc[history["epoch"] == 0, "val_loss"].median()
+    target = runs["target_val_loss"].iloc[0]
+    if is_missing(initial) or target < initial:
+        return ""
+    return (
+        f'<div class="bs-note"><b>The target is too easy:</b> the target validation loss '
+        f"{fmt_number(target)} is not below the median validation loss of the initial weights "
+        f"({fmt_number(initial)}), so the runs reach it by their first epoch and the steps to target "
+        "count little more than the steps of one epoch. Train longer (a cell that barely trains sets the "
+        "target) for a meaningful curve.</div>"
+    )
+
+
+def never_reached_text(runs: pd.DataFrame) -> str:
+    """A sentence counting the runs that never reached the target, by cell."""
+    missed = runs[runs["steps_to_target"].isna()]
+    if missed.empty:
+        return "Every run reached the target."
+    table = runs.assign(missed=runs["steps_to_target"].isna()).groupby(["rule", "batch_size"], as_index=False)
+    table = table.agg(missed=("missed", "sum"), runs=("seed", "nunique"))
+    table = table[table["missed"] > 0]
+    cells = ", ".join(f"{esc(r.rule)}/B={r.batch_size} ({r.missed} of {r.runs})" for r in table.itertuples())
+    return (
+        f"{len(missed)} of {len(runs)} runs never reached the target within the epoch budget: {cells}; "
+        "they have no point, and count as infinitely many steps in the medians."
+    )
+
+
+@dataclass(frozen=True)
+class CriticalBatch:
+    """McCandlish et al.'s predicted critical batch size and where it was measured."""
+
+    value: float  # median B_simple over seeds
+    batch_size: int  # at the best weights of this batch size's runs...
+    rule: str  # ...under this rule
+    seeds: int
+
+
+def critical_batch_size(noise: pd.DataFrame, rule: str = "linear") -> CriticalBatch | None:
+    """The predicted critical batch size: the median B_simple at the best weights of the
+    smallest-batch runs under `rule`. None when there is no such estimate."""
+    if noise.empty or not {"rule", "weights", "b_simple", "batch_size"} <= set(noise.columns):
+        return None
+    best = noise[(noise["rule"] == rule) & (noise["weights"] == "best")].dropna(subset=["b_simple"])
+    if best.empty:
+        return None
+    smallest = best["batch_size"].min()
+    estimates = best.loc[best["batch_size"] == smallest, "b_simple"]
+    return CriticalBatch(float(estimates.median()), int(smallest), rule, len(estimates))
+
+
+@dataclass(frozen=True)
+class Departure:
+    """Where `rule`'s median steps to target leave perfect scaling (steps ∝ 1/B through the
+    smallest batch size's median) by more than `factor`."""
+
+    rule: str
+    factor: float
+    last_within: int  # every batch size up to this one is within the factor
+    first_beyond: int | None  # the next batch size, beyond it (None: the whole grid is within)
+    ratio: float  # median steps / perfect scaling at first_beyond (at last_within when None)
+
+
+def scaling_departure(
+    runs: pd.DataFrame, rule: str = "linear", factor: float = DEPARTURE_FACTOR
+) -> Departure | None:
+    """The largest batch size up to which `rule`'s median steps to target stay within `factor`
+    times the perfect-scaling count, and the first beyond it. A run that never reached the
+    target counts as infinitely many steps. None without two batch sizes to compare or when
+    the smallest batch's median is not finite."""
+    if not has_steps_to_target(runs):
+        return None
+    cell = runs[runs["rule"] == rule]
+    steps = cell.assign(steps=cell["steps_to_target"].fillna(math.inf))
+    medians = steps.groupby("batch_size")["steps"].median().sort_index()
+    if len(medians) < 2 or not math.isfinite(medians.iloc[0]):
+        return None
+    smallest = medians.index[0]
+    ratios = medians / (medians.iloc[0] * smallest / medians.index.to_series())
+    beyond = ratios[ratios > factor]
+    if beyond.empty:
+        return Departure(rule, factor, int(ratios.index[-1]), None, float(ratios.iloc[-1]))
+    first = beyond.index[0]
+    last = ratios.index[ratios.index < first][-1]
+    return Departure(rule, factor, int(last), int(first), float(ratios[first]))
+
+
+def _departure_text(departure: Departure) -> str:
+    """The measured side: the criterion, and where the steps leave perfect scaling."""
+    rule, factor, last = esc(departure.rule), fmt_number(departure.factor), departure.last_within
+    text = (
+        f"Measured: a batch size counts as still scaling while the {rule} rule's median steps to target "
+        f"are at most {factor}x the perfect-scaling count (in McCandlish et al.'s model, S = S_min(1 + "
+        "B_noise/B), that ratio reaches 2 at B = B_noise + 2 B0, B0 the smallest batch size, so the "
+        "criterion brackets the critical batch size). "
+    )
+    if departure.first_beyond is None:
+        return text + (
+            f"Every batch size scales, up to the largest, B={last} ({fmt_number(departure.ratio, 2)}x the "
+            "perfect-scaling steps there), so the measured critical batch size lies beyond the grid."
+        )
+    first = departure.first_beyond
+    needs = (
+        f"needs {fmt_number(departure.ratio, 2)}x the perfect-scaling steps"
+        if math.isfinite(departure.ratio)
+        else "mostly never reached the target"
+    )
+    return text + (
+        f"Batch sizes scale up to B={last}, and B={first} {needs}, so the measured critical batch size "
+        f"lies between {last} and {first}."
+    )
+
+
+def critical_batch_sentence(critical: CriticalBatch | None, departure: Departure | None) -> str:
+    """The prediction of the noise scale beside the measured departure from perfect scaling,
+    as a paragraph (empty when neither is known)."""
+    parts = []
+    if critical is not None:
+        parts.append(
+            "The gradient noise scale predicts a critical batch size of about "
+            f"<b>{fmt_number(critical.value)}</b> (median B_simple at the best weights of the "
+            f"{critical.seeds} B={critical.batch_size} runs, {esc(critical.rule)} rule)."
+        )
+    if departure is not None:
+        parts.append(_departure_text(departure))
+    if critical is not None and departure is not None:
+        value, low, high = critical.value, departure.last_within, departure.first_beyond
+        if value > low and (high is None or value <= high):
+            parts.append("The prediction falls in that range: the two agree to the grid's resolution.")
+        elif value <= low:
+            parts.append(
+                f"The prediction lies {fmt_number(low / value, 2)}x below that range: batch sizes above it "
+                "still scaled, so here the noise scale underestimates the critical batch size."
+            )
+        else:
+            parts.append(
+                f"The prediction lies {fmt_number(value / high, 2)}x above that range: the steps stopped "
+                "scaling at smaller batch sizes, so here the noise scale overestimates the critical batch "
+                "size."
+            )
+    if not parts:
+        return ""
+    return f"<p><b>Predicted vs measured critical batch size.</b> {' '.join(parts)}</p>"
