@@ -695,3 +695,26 @@ def noise_scale_vs_batch(noise: pd.DataFrame) -> Figure:
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), frameon=False, fontsize="small")
     return fig
+
+
+@_styled
+def bench_bars(bench: pd.DataFrame) -> Figure:
+    """ms per model-epoch of each benchmark variant (log x), one panel per model, one group of
+    bars per batch size, with the arithmetic floor (FLOPs / matmul rate) as a dotted line."""
+    models = list(dict.fromkeys(bench["model"]))
+    fig = Figure(figsize=(5.2 * len(models), 0.9 + 0.55 * len(bench) / len(models)))
+    axes = fig.subplots(1, len(models), squeeze=False)[0]
+    for ax, model in zip(axes, models, strict=True):
+        rows = bench[bench["model"] == model].reset_index(drop=True)
+        labels = [f"B={b}: {v}" for b, v in zip(rows["batch_size"], rows["variant"], strict=True)]
+        ax.barh(range(len(rows)), rows["ms_per_model_epoch"], color=sns.color_palette("crest", len(rows)))
+        for i, row in rows.iterrows():
+            ax.text(row["ms_per_model_epoch"], i, f" {row['speedup_vs_naive']:.2f}x", va="center", fontsize=8)
+            ax.plot([row["flop_floor_ms"]] * 2, [i - 0.4, i + 0.4], color=ARTICLE_COLOUR, linestyle=":")
+        ax.set_yticks(range(len(rows)), labels)
+        ax.invert_yaxis()
+        ax.set_xscale("log")
+        ax.set_xlabel("ms per model-epoch (log scale)")
+        ax.set_title(model)
+    fig.tight_layout()
+    return fig
