@@ -52,6 +52,7 @@ def test_empty_config_gets_every_default():
         ({"data": {"name": "imagenet"}}, "data.name"),
         ({"model": {"name": "resnet"}}, "model.name"),
         ({"train": {"epoch": 5}}, "train.epoch"),
+        ({"model": {"name": "cnn2d"}, "data": {"name": "mnist1d"}}, "model.name"),
     ],
 )
 def test_bad_values_fail_with_one_line_naming_the_key(override, key):

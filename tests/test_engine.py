@@ -19,8 +19,8 @@ from conftest import random_arrays
 MODELS = [{"name": "mlp", "hidden": [16, 8]}, {"name": "cnn1d", "channels": 4}]
 
 
-def tiny_dataset(seed: int = 0) -> Dataset:
-    arrays = {k: torch.from_numpy(v) for k, v in random_arrays(seed=seed).items()}
+def tiny_dataset(seed: int = 0, features: int = 12) -> Dataset:
+    arrays = {k: torch.from_numpy(v) for k, v in random_arrays(seed=seed, features=features).items()}
     return Dataset(**arrays, num_classes=3)
 
 
@@ -50,9 +50,9 @@ def plain_sgd_run(
     return dict(model.named_parameters()), val_loss, running_losses
 
 
-@pytest.mark.parametrize("model_params", MODELS, ids=lambda m: m["name"])
+@pytest.mark.parametrize("model_params", [*MODELS, {"name": "cnn2d", "channels": 3}], ids=lambda m: m["name"])
 def test_member_k_equals_plain_run_with_seed_k(model_params):
-    data = tiny_dataset()
+    data = tiny_dataset(features=16)  # 16 = a 4 x 4 image for cnn2d
     # Different LRs per member, and a batch size that leaves a short last batch (64 = 2*24 + 16).
     spec = TrainSpec(batch_size=24, seeds=[3, 7], lrs=[0.05, 0.02], epochs=3, momentum=0.9)
     ensemble = Ensemble(model_params, data, spec, torch.device("cpu"))

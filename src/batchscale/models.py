@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import torch
 from torch import nn
@@ -45,6 +46,29 @@ class CNN1d(nn.Module):
         return self.head(self.convs(x.unsqueeze(-2)).flatten(1))
 
 
+class CNN2d(nn.Module):
+    """Small 2-D convolutional network for square images given as (side, side) or side**2 values."""
+
+    def __init__(self, in_features: int, num_classes: int, channels: int):
+        super().__init__()
+        self.side = math.isqrt(in_features)
+        if self.side**2 != in_features:
+            raise ValueError(f"model.name: cnn2d needs square images, got {in_features} input values")
+        self.convs = nn.Sequential(
+            nn.Conv2d(1, channels, kernel_size=3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(channels, channels, kernel_size=3, stride=2, padding=1),
+            nn.ReLU(),
+        )
+        with torch.no_grad():
+            flat = self.convs(torch.zeros(1, 1, self.side, self.side)).numel()
+        self.head = nn.Linear(flat, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        images = x.reshape(x.shape[0], 1, self.side, self.side)
+        return self.head(self.convs(images).flatten(1))
+
+
 def build_model(model_params: dict, in_features: int, num_classes: int) -> nn.Module:
     """Instantiate the network named by `model.name` (weights drawn from torch's global RNG)."""
     name = model_params["name"]
@@ -52,4 +76,6 @@ def build_model(model_params: dict, in_features: int, num_classes: int) -> nn.Mo
         return MLP(in_features, num_classes, list(model_params["hidden"]))
     if name == "cnn1d":
         return CNN1d(in_features, num_classes, int(model_params["channels"]))
-    raise ValueError(f"model.name: unknown model {name!r} (choose mlp or cnn1d)")
+    if name == "cnn2d":
+        return CNN2d(in_features, num_classes, int(model_params["channels"]))
+    raise ValueError(f"model.name: unknown model {name!r} (choose mlp, cnn1d or cnn2d)")
