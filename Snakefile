@@ -4,9 +4,21 @@
 #   snakemake --cores 4 --configfile config/tiny.yaml   # the same DAG in seconds
 #
 # Each rule calls one `batchscale` subcommand; the logic lives in src/batchscale/.
+import sys
+
 from snakemake.utils import min_version
 
+from batchscale import config as bs_config
+
 min_version("9.0")
+
+# Snakemake's own parser reports a YAML error in a configfile without the file or the line
+# (and a --configfile override is parsed before this file runs): read params.yaml safely
+# first, so that a typo in it stops the run with one line naming both.
+try:
+    bs_config.read_yaml("params.yaml")
+except bs_config.ConfigError as exc:
+    sys.exit(f"batchscale: invalid configuration: {exc}")
 
 
 configfile: "params.yaml"

@@ -20,6 +20,7 @@ from pathlib import Path
 from batchscale import __version__
 from batchscale.config import ConfigError, deep_merge, read_yaml, validate
 from batchscale.data import DataError
+from batchscale.io import UnsafeFileError
 
 
 def load_params(sources: list[str]) -> dict:
@@ -382,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ConfigError, DataError) as exc:
+    except (ConfigError, DataError, UnsafeFileError) as exc:
         print(f"batchscale {args.command}: error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -51,6 +53,16 @@ def save_torch_atomic(path: Path | str, obj: object) -> None:
         torch.save(obj, tmp)
 
 
+class UnsafeFileError(ValueError):
+    """A file that only an unrestricted (code-running) unpickler could read; names the file."""
+
+
 def load_torch(path: Path | str) -> object:
     """torch.load restricted to tensors and plain containers (no arbitrary pickle)."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch's message spans lines and suggests weights_only=False, which would run the code.
+        found = re.search(r"GLOBAL (\S+)", str(exc))
+        what = f"it would import {found.group(1)}" if found else "it holds more than tensors"
+        raise UnsafeFileError(f"{path}: refused to load: {what} (only tensors are allowed)") from None

@@ -8,7 +8,8 @@ rule bench:
         "logs/bench.log",
     conda:
         ENV
-    threads: workflow.cores
+    # A function, read only when jobs are planned: `snakemake --unlock` (no --cores) still works.
+    threads: lambda wildcards: workflow.cores
     resources:
         mem_mb=2000,
         runtime=30,

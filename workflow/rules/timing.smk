@@ -10,7 +10,8 @@ rule time_epochs:
         "logs/time_epochs/bs{batch_size}.log",
     conda:
         ENV
-    threads: workflow.cores
+    # A function, read only when jobs are planned: `snakemake --unlock` (no --cores) still works.
+    threads: lambda wildcards: workflow.cores
     resources:
         mem_mb=1500,
         runtime=30,
