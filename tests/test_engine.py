@@ -187,3 +187,20 @@ def test_gradient_competition_is_one_for_identical_examples_and_matches_the_prob
     state = identical.fresh_state()
     ratio = identical.grad_competition(state, identical.epoch_permutations(state))
     torch.testing.assert_close(ratio, torch.ones(2))
+
+
+def test_a_diverged_member_is_frozen_where_it_stopped():
+    data = tiny_dataset()
+    spec = TrainSpec(batch_size=16, seeds=[0, 1], lrs=[0.05, 0.05], epochs=4, momentum=0.9)
+    ensemble = Ensemble(MODELS[0], data, spec, torch.device("cpu"))
+    state = ensemble.fresh_state()
+    # Member 1 has diverged, and its weights are so large that its logits overflow: its
+    # gradients are NaN while its weights are still finite numbers. They must stay as they are.
+    state.diverged_epoch[1] = 0
+    state.params["net.0.weight"][1] = 3e38  # near float32 max: the first layer overflows to inf
+    frozen = {k: v[1].clone() for k, v in state.params.items()}
+    healthy = {k: v[0].clone() for k, v in state.params.items()}
+    ensemble.train_epoch(state, ensemble.epoch_permutations(state))
+    for name, tensor in frozen.items():
+        torch.testing.assert_close(state.params[name][1], tensor)
+    assert not torch.equal(state.params["net.0.weight"][0], healthy["net.0.weight"])  # member 0 trains

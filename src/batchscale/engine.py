@@ -195,6 +195,9 @@ class Ensemble:
         steps = spec.steps_per_epoch(len(x))
         warmup_steps = spec.warmup_epochs * steps
         active = (state.diverged_epoch < 0).float()
+        # A diverged member is frozen where it stopped: its NaN gradients must not reach its
+        # weights through the momentum (0 x NaN is NaN), so its update is masked out.
+        frozen = bool((active == 0).any())
         loss_sum = torch.zeros(self.members, device=self.device)
         for step in range(steps):
             idx = perms[:, step * spec.batch_size : (step + 1) * spec.batch_size]
@@ -207,7 +210,10 @@ class Ensemble:
                     grad = grad.add(param, alpha=spec.weight_decay)
                 buf = state.momentum[name]
                 buf.mul_(spec.momentum).add_(grad)
-                param.sub_(_member_view(lrs, param) * buf)
+                update = _member_view(lrs, param) * buf
+                if frozen:
+                    update = torch.where(_member_view(active, param) > 0, update, torch.zeros_like(update))
+                param.sub_(update)
         state.epoch += 1
         return loss_sum / len(x)
 
@@ -229,7 +235,12 @@ class Ensemble:
         val_loss, val_acc = self.evaluate(state, self.data.x_val, self.data.y_val)
         dist = _per_member_norm(state.params, state.init)
         update = _per_member_norm(state.params, before) if before is not None else None
-        finite = torch.isfinite(train_loss) & torch.isfinite(val_loss)
+        # Diverged: a loss that is not finite, or 100x that of guessing uniformly (log C) --
+        # such a run is blowing up even while its floats still hold numbers.
+        limit = 100 * math.log(self.data.num_classes)
+        finite = (
+            torch.isfinite(train_loss) & torch.isfinite(val_loss) & (train_loss < limit) & (val_loss < limit)
+        )
         newly_diverged = (~finite) & (state.diverged_epoch < 0)
         state.diverged_epoch[newly_diverged] = state.epoch
         improved = finite & (val_loss < state.best_val)
@@ -328,7 +339,8 @@ def train(
 
 def _progress_line(rows: list[dict], state: EnsembleState, epochs: int, seconds: float) -> str:
     finite = [r for r in rows if not r["diverged"]]
-    mean = lambda key: sum(r[key] for r in finite) / max(len(finite), 1)  # noqa: E731
+    # With every member diverged there is no mean: nan, not a reassuring 0.0000.
+    mean = lambda key: sum(r[key] for r in finite) / len(finite) if finite else math.nan  # noqa: E731
     best = state.best_val[torch.isfinite(state.best_val)]
     best_text = f"{best.mean().item():.4f}" if len(best) else "nan"
     return (

@@ -487,7 +487,9 @@ def has_steps_to_target(runs: pd.DataFrame) -> bool:
 def target_caption(runs: pd.DataFrame) -> str:
     """The target validation loss and how it was chosen, from the table."""
     rule = reference_rule(runs)
-    medians = runs[runs["rule"] == rule].groupby("batch_size")["min_val_loss"].median()
+    medians = runs[runs["rule"] == rule].groupby("batch_size")["min_val_loss"].median().dropna()
+    if medians.empty:  # every run of the rule diverged: there is no target
+        return f"No target validation loss: every {esc(rule)}-rule run diverged."
     worst = medians.idxmax()
     return (
         f"The target validation loss is {fmt_number(runs['target_val_loss'].iloc[0])}: "
