@@ -102,6 +102,19 @@ def _too_little(table: pd.DataFrame, settings: Settings, min_batches: int = 2) -
     return None
 
 
+def _decide_trend(table: pd.DataFrame, sign: int, settings: Settings) -> tuple[Estimate, str, str | None]:
+    """Decide a trend of `sign` in `table` (resamples x batch sizes): the estimate, the
+    verdict, and why the data are too few for one (None when they suffice)."""
+    est = settings.trend(table)
+    problem = _too_little(table, settings)
+    return est, stats.INCONCLUSIVE if problem else stats.sign_verdict(est, sign), problem
+
+
+def _record(result: ClaimResult, est: Estimate, table: pd.DataFrame) -> None:
+    result.observed, result.ci_low, result.ci_high = est.value, est.ci_low, est.ci_high
+    result.n_seeds = len(table)
+
+
 def trend_claim(
     claim_id: str,
     runs: pd.DataFrame,
@@ -124,11 +137,8 @@ def trend_claim(
         result.summary = f"Not tested: the grid has no runs with LR rule '{rule}'."
         return result
     table = _by_seed(runs, rule, metric)
-    result.n_seeds = len(table)
-    est = settings.trend(table)
-    result.observed, result.ci_low, result.ci_high = est.value, est.ci_low, est.ci_high
-    problem = _too_little(table, settings)
-    result.verdict = stats.INCONCLUSIVE if problem else stats.sign_verdict(est, expected_sign)
+    est, result.verdict, problem = _decide_trend(table, expected_sign, settings)
+    _record(result, est, table)
     means = table.mean()
     shown = ", ".join(f"B={b}: {v:.3g}" for b, v in means.items())
     result.summary = f"{metric_text.capitalize()} (mean over seeds) {shown}; rho = {_fmt(est)}." + (
@@ -168,15 +178,12 @@ def trend_parts_claim(
     verdicts, pieces = [], []
     for part in parts:
         table = _by_seed(runs, rule, part.metric)
-        est = settings.trend(table)
-        problem = _too_little(table, settings)
-        verdict = stats.INCONCLUSIVE if problem else stats.sign_verdict(est, part.sign)
+        est, verdict, _ = _decide_trend(table, part.sign, settings)
         verdicts.append(verdict)
         means = ", ".join(f"B={b}: {v:.3g}" for b, v in table.mean().items())
         pieces.append(f"{part.text} {means}; rho = {_fmt(est)} ({verdict})")
         if part is first:
-            result.observed, result.ci_low, result.ci_high = est.value, est.ci_low, est.ci_high
-            result.n_seeds = len(table)
+            _record(result, est, table)
     result.verdict = stats.combine(verdicts)
     result.summary = "Mean over seeds: " + " | ".join(pieces) + "."
     return result
@@ -198,11 +205,8 @@ def speedup_claim(timing: pd.DataFrame, settings: Settings) -> ClaimResult:
     most = timing["threads"].max()
     times = timing.pivot_table(index=["repeat", "batch_size"], columns="threads", values="epoch_seconds")
     speedup = (times[1] / times[most]).unstack("batch_size")
-    result.n_seeds = len(speedup)
-    est = settings.trend(speedup)
-    result.observed, result.ci_low, result.ci_high = est.value, est.ci_low, est.ci_high
-    problem = _too_little(speedup, settings)
-    result.verdict = stats.INCONCLUSIVE if problem else stats.sign_verdict(est, +1)
+    est, result.verdict, _ = _decide_trend(speedup, +1, settings)
+    _record(result, est, speedup)
     shown = ", ".join(f"B={b}: {v:.2f}x" for b, v in speedup.median().items())
     device = ", ".join(sorted(set(timing["device"]))) if "device" in timing else "cpu"
     result.summary = f"Median speed-up of {most} threads over 1 on {device}: {shown}; rho = {_fmt(est)}."
@@ -224,11 +228,8 @@ def timing_claim(timing: pd.DataFrame, settings: Settings) -> ClaimResult:
         return result
     single = timing[timing["threads"] == 1]
     table = single.pivot(index="repeat", columns="batch_size", values="epoch_seconds")
-    result.n_seeds = len(table)
-    est = settings.trend(table)
-    result.observed, result.ci_low, result.ci_high = est.value, est.ci_low, est.ci_high
-    problem = _too_little(table, settings)
-    result.verdict = stats.INCONCLUSIVE if problem else stats.sign_verdict(est, -1)
+    est, result.verdict, _ = _decide_trend(table, -1, settings)
+    _record(result, est, table)
     medians = table.median()
     shown = ", ".join(f"B={b}: {v * 1000:.0f} ms" for b, v in medians.items())
     result.summary = f"Median seconds per epoch {shown}; rho = {_fmt(est)}."
@@ -339,12 +340,10 @@ def wallclock_claim(runs: pd.DataFrame, settings: Settings) -> ClaimResult:
     parts = {}
     for rule, sign in (("none", +1), ("linear", -1)):
         table = _by_seed(runs, rule, "time_to_min_s")
-        est = settings.trend(table)
-        problem = _too_little(table, settings)
-        parts[rule] = (est, stats.INCONCLUSIVE if problem else stats.sign_verdict(est, sign), table)
+        est, verdict, _ = _decide_trend(table, sign, settings)
+        parts[rule] = (est, verdict, table)
     est, _, table = parts["linear"]
-    result.observed, result.ci_low, result.ci_high = est.value, est.ci_low, est.ci_high
-    result.n_seeds = len(table)
+    _record(result, est, table)
     result.verdict = stats.combine([parts["none"][1], parts["linear"][1]])
     pieces = []
     for rule, (est_r, verdict_r, table_r) in parts.items():
