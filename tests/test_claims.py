@@ -133,3 +133,15 @@ def test_a_claim_with_two_parts_fails_when_one_part_fails():
     runs["eps_sharpness_best"] = runs["eps_sharpness_best"].max() - runs["eps_sharpness_best"]  # reversed
     v = verdicts(claims.decide_all(runs, synthetic_timing(+1), PARAMS))
     assert v["C5"] == "not reproduced"
+
+
+def test_claims_that_rest_on_diverged_runs_say_so():
+    runs = synthetic_runs(+1)
+    runs["diverged_epoch"] = -1
+    blown = (runs["rule"] == "linear") & (runs["batch_size"] == 256) & (runs["seed"] == 0)
+    runs.loc[blown, "diverged_epoch"] = 3
+    runs.loc[blown, "min_val_loss"] = float("nan")
+    table = claims.decide_all(runs, synthetic_timing(+1), PARAMS).set_index("claim_id")
+    for claim_id in ("C7", "C8", "C9"):
+        assert "1 diverged runs (linear/bs256) are left out" in table.loc[claim_id, "summary"]
+    assert "diverged" not in table.loc["C2", "summary"]  # C2 uses the constant-LR runs only

@@ -353,6 +353,18 @@ def wallclock_claim(runs: pd.DataFrame, settings: Settings) -> ClaimResult:
     return result
 
 
+# The LR rules whose runs each run-based claim is decided on (C3 and C11 rest on timings).
+RUN_CLAIM_RULES = {
+    **{c: ("none",) for c in ("C1", "C2", "C4", "C5", "C6", "C10", "C12")},
+    **{c: ("none", "linear") for c in ("C7", "C8", "C9")},
+}
+
+
+def _cells_text(runs: pd.DataFrame) -> str:
+    cells = sorted({(r, b) for r, b in zip(runs["rule"], runs["batch_size"], strict=True)})
+    return ", ".join(f"{r}/bs{b}" for r, b in cells)
+
+
 def decide_all(runs: pd.DataFrame, timing: pd.DataFrame, params: dict) -> pd.DataFrame:
     """Every claim C1-C12 with its statistic, interval and verdict, in claim order."""
     settings = Settings.from_params(params)
@@ -390,13 +402,20 @@ def decide_all(runs: pd.DataFrame, timing: pd.DataFrame, params: dict) -> pd.Dat
         [TrendPart("slice_curvature", "curvature at the solution of a filter-normalised 1-D slice", +1)],
         settings,
     )
-    unpassed = runs[~runs["min_passed"].fillna(False).astype(bool)]
-    if len(unpassed) and "C4" in results:
-        cells = sorted({f"{r}/bs{b}" for r, b in zip(unpassed["rule"], unpassed["batch_size"], strict=True)})
+    diverged = runs["diverged_epoch"] >= 0 if "diverged_epoch" in runs else pd.Series(False, index=runs.index)
+    unpassed = runs[~runs["min_passed"].fillna(False).astype(bool) & ~diverged]
+    if len(unpassed):
         results["C4"].summary += (
-            f" {len(unpassed)} runs ({', '.join(cells)}) had not passed their minimum by the last "
+            f" {len(unpassed)} runs ({_cells_text(unpassed)}) had not passed their minimum by the last "
             "epoch: their epoch of the minimum is a lower bound."
         )
+    for claim_id, rules in RUN_CLAIM_RULES.items():
+        hit = runs[diverged & runs["rule"].isin(rules)]
+        if len(hit):
+            results[claim_id].summary += (
+                f" {len(hit)} diverged runs ({_cells_text(hit)}) are left out of this statistic: "
+                "the loss of a diverged member says nothing about the claim."
+            )
     ordered = [asdict(results[f"C{i}"]) for i in range(1, 13)]
     return pd.DataFrame(ordered, columns=COLUMNS)
 
