@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import yaml
 
-from batchscale.config import ConfigError, cells, load, parse_run_key, run_dirs, validate
+from batchscale.config import ConfigError, cells, load, parse_run_key, prepared_path, run_dirs, validate
 
-from conftest import ROOT
+from conftest import ROOT, random_arrays
 
 
 def test_shipped_params_are_valid_and_complete():
@@ -87,3 +88,16 @@ def test_warmup_runs_have_their_own_key_except_at_the_base_batch_size():
     assert parse_run_key("bs32_lr1e-05") == (32, 1e-05, 0)
     with pytest.raises(ConfigError, match="run key"):
         parse_run_key("bs32_lrfast")
+
+
+def test_a_users_npz_is_checked_before_any_job(tmp_path):
+    with pytest.raises(ConfigError, match=r"^data.path: data.name npz needs"):
+        validate({"data": {"name": "npz"}})
+    with pytest.raises(ConfigError, match=r"^data.path: .*missing.npz: file not found"):
+        validate({"data": {"name": "npz", "path": str(tmp_path / "missing.npz")}})
+    own = tmp_path / "mine.npz"
+    np.savez(own, **random_arrays(n_train=64))
+    params = validate({"data": {"name": "npz", "path": str(own)}, "grid": {"batch_sizes": [16, 32]}})
+    assert prepared_path(params) == "data/prepared/user_mine.npz"
+    with pytest.raises(ConfigError, match="larger than the training set"):
+        validate({"data": {"name": "npz", "path": str(own)}, "grid": {"batch_sizes": [16, 128]}})

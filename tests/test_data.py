@@ -78,3 +78,20 @@ def test_pickled_object_arrays_are_refused(tmp_path):
     np.savez(path, **arrays)
     with pytest.raises(DataError, match="cannot read"):
         data.load(path)
+
+
+def test_a_users_own_npz_is_prepared_unchanged_and_checked(tmp_path):
+    own = tmp_path / "mine.npz"
+    np.savez(own, **random_arrays())
+    data.prepare(
+        {"name": "npz", "path": str(own), "num_samples": 0, "train_split": 0.8, "seed": 0}, tmp_path / "p.npz"
+    )
+    prepared = data.load(tmp_path / "p.npz")
+    np.testing.assert_array_equal(prepared.x_train.numpy(), random_arrays()["x_train"])
+    bad = write(tmp_path, x_val=np.full((32, 12), np.inf, dtype=np.float32))
+    with pytest.raises(DataError, match="NaN or inf") as err:
+        data.prepare(
+            {"name": "npz", "path": str(bad), "num_samples": 0, "train_split": 0.8, "seed": 0},
+            tmp_path / "q.npz",
+        )
+    assert str(bad) in str(err.value)

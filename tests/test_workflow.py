@@ -67,3 +67,18 @@ def test_cli_help_lists_every_step(project):
     out = run(["batchscale", "--help"], project).stdout
     for command in ("prepare", "train", "time", "aggregate", "claims", "report", "check"):
         assert command in out
+
+
+def test_a_users_npz_becomes_the_data_steps_input(project):
+    import numpy as np
+
+    from conftest import random_arrays
+
+    np.savez(project / "mine.npz", **random_arrays(n_train=200, n_val=50))
+    (project / "mine.yaml").write_text(
+        "data: {name: npz, path: mine.npz}\nmodel: {name: mlp, hidden: [8]}\n"
+        "grid: {batch_sizes: [16, 32]}\ntrain: {epochs: 2, seeds: [0, 1, 2]}\n"
+    )
+    dry = run(["snakemake", "-n", "--cores", "1", "--configfile", "mine.yaml"], project)
+    out = dry.stdout + dry.stderr
+    assert "input: mine.npz" in out and "data/prepared/user_mine.npz" in out

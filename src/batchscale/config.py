@@ -99,8 +99,28 @@ def validate(params: dict) -> dict:
 INPUT_FEATURES = {"mnist1d": 40, "mnist": 784, "digits": 64}
 
 
+def user_arrays(data: dict) -> dict:
+    """The user's own data set (`data.name: npz`), checked; ConfigError naming data.path."""
+    from batchscale.data import DataError, read_npz
+
+    if not data["path"]:
+        raise ConfigError("data.path: data.name npz needs the path of an .npz file")
+    try:
+        return read_npz(Path(data["path"]))
+    except DataError as exc:
+        raise ConfigError(f"data.path: {exc}") from None
+
+
+def input_features(data: dict) -> int:
+    if data["name"] == "npz":
+        return int(math.prod(user_arrays(data)["x_train"].shape[1:]))
+    return INPUT_FEATURES[data["name"]]
+
+
 def expected_train_size(data: dict) -> int:
     """Size of the training split the data step will produce (known before any job runs)."""
+    if data["name"] == "npz":
+        return len(user_arrays(data)["x_train"])
     if data["name"] == "mnist1d":
         total = (data["num_samples"] // 10) * 10  # num_samples // 10 examples per class
         return int(total * data["train_split"])
@@ -115,10 +135,12 @@ def check_consistency(params: dict, given: set[str]) -> None:
     given were already checked when the whole configuration was validated.
     """
     train = params["train"]
+    if "data" in given and params["data"]["name"] == "npz":
+        user_arrays(params["data"])  # a missing or bad file stops the run here, naming the key
     if not math.isfinite(train["base_lr"]):
         raise ConfigError(f"train.base_lr: must be finite, got {train['base_lr']}")
     if {"model", "data"} <= given and params["model"]["name"] == "cnn2d":
-        features = INPUT_FEATURES[params["data"]["name"]]
+        features = input_features(params["data"])
         if math.isqrt(features) ** 2 != features:
             raise ConfigError(
                 f"model.name: cnn2d needs square images, but data.name {params['data']['name']!r} "
@@ -218,4 +240,6 @@ def landscape_pair(params: dict) -> tuple[Cell, Cell] | None:
 
 
 def prepared_path(params: dict) -> str:
-    return f"data/prepared/{params['data']['name']}.npz"
+    data = params["data"]
+    name = f"user_{Path(data['path']).stem}" if data["name"] == "npz" else data["name"]
+    return f"data/prepared/{name}.npz"

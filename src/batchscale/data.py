@@ -13,7 +13,7 @@ import torch
 
 from batchscale.io import atomic_path, write_json_atomic
 
-DATASETS = ("mnist1d", "mnist", "digits")
+DATASETS = ("mnist1d", "mnist", "digits", "npz")
 ARRAYS = ("x_train", "y_train", "x_val", "y_val")
 
 
@@ -68,7 +68,12 @@ def _make_mnist(data_params: dict) -> dict[str, np.ndarray]:
 
 def make_arrays(data_params: dict) -> dict[str, np.ndarray]:
     """Generate the data set named by `data.name` as float32 features and int64 labels."""
-    makers = {"mnist1d": _make_mnist1d, "mnist": _make_mnist, "digits": _make_digits}
+    makers = {
+        "mnist1d": _make_mnist1d,
+        "mnist": _make_mnist,
+        "digits": _make_digits,
+        "npz": lambda params: read_npz(Path(params["path"])),
+    }
     name = data_params["name"]
     if name not in makers:
         raise ValueError(f"data.name: unknown data set {name!r} (choose from {', '.join(DATASETS)})")
@@ -161,16 +166,23 @@ class Dataset:
         return Dataset(**moved, num_classes=self.num_classes, sha256=self.sha256)
 
 
-def load(path: Path) -> Dataset:
-    """Load a prepared `.npz` without pickle; raise DataError naming the file if it is unusable."""
+def read_npz(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of an `.npz` (x_train, y_train, x_val, y_val), read without pickle and checked;
+    DataError naming the file if it is missing, unreadable or unusable."""
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {key: npz[key] for key in npz.files}
     except FileNotFoundError:
-        raise DataError(f"{path}: file not found (run the prepare step first)") from None
+        raise DataError(f"{path}: file not found") from None
     except Exception as exc:  # zipfile/np errors on corrupt or truncated files
         raise DataError(f"{path}: cannot read as .npz ({type(exc).__name__}: {exc})") from None
     check_arrays(arrays, str(path))
+    return arrays
+
+
+def load(path: Path) -> Dataset:
+    """Load a prepared `.npz` without pickle; raise DataError naming the file if it is unusable."""
+    arrays = read_npz(path)
     sha256 = fingerprint(arrays)
     tensors = {key: torch.from_numpy(arrays[key]) for key in ARRAYS}
     tensors["x_train"] = tensors["x_train"].float()

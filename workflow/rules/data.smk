@@ -1,4 +1,7 @@
 rule prepare_data:
+    input:
+        # Your own data set (data.name: npz): editing the file rebuilds what depends on it.
+        [PARAMS["data"]["path"]] if PARAMS["data"]["name"] == "npz" else [],
     output:
         npz=PREPARED,
         info=PREPARED.replace(".npz", ".json"),
