@@ -160,15 +160,21 @@ def learning_curves(history: pd.DataFrame, metrics: tuple[str, ...] = ("train_lo
     return fig
 
 
+def _panels_per_rule(frame: pd.DataFrame, height: float) -> tuple[Figure, list, list[str], list[int], dict]:
+    """One panel per LR rule (shared y), ready for one line per batch size: the figure, its
+    axes, the rules, the batch sizes and their colours."""
+    rules = ordered_rules(frame)
+    sizes = sorted(frame["batch_size"].unique())
+    fig = Figure(figsize=(_rule_panels_width(len(rules)), height), layout="constrained")
+    axes = fig.subplots(1, len(rules), squeeze=False, sharey=True)[0]
+    return fig, list(axes), rules, sizes, batch_palette(sizes)
+
+
 @_styled
 def mean_curves(curves: pd.DataFrame, metric: str, ylabel: str) -> Figure:
     """A seed-mean curve from curves.csv vs epoch: one panel per LR rule, one line per batch size."""
     curves = _finite(curves, [metric])
-    rules = ordered_rules(curves)
-    sizes = sorted(curves["batch_size"].unique())
-    palette = batch_palette(sizes)
-    fig = Figure(figsize=(_rule_panels_width(len(rules)), 3.0), layout="constrained")
-    axes = fig.subplots(1, len(rules), squeeze=False, sharey=True)[0]
+    fig, axes, rules, sizes, palette = _panels_per_rule(curves, height=3.0)
     for ax, rule in zip(axes, rules, strict=True):
         for size in sizes:
             cell = curves[(curves["rule"] == rule) & (curves["batch_size"] == size)].sort_values("epoch")
@@ -487,16 +493,12 @@ def slice_curves(slices: pd.DataFrame, centred: bool = True) -> Figure:
     """Li et al.'s 1-D filter-normalised slices: training loss vs alpha around each solution,
     one panel per LR rule, one line (mean over seeds, +- 1 sd band) per batch size.
 
-    `centred`: plot L(alpha) - L(0) per run (the C12 statistic averages exactly this).
+    `centred`: plot L(alpha) - L(0) per run (the C12 statistic is this curve's bend at 0).
     """
     slices = _finite(slices, ["train_loss"])
     if centred:
         slices = _rise_above_centre(slices)
-    rules = ordered_rules(slices)
-    sizes = sorted(slices["batch_size"].unique())
-    palette = batch_palette(sizes)
-    fig = Figure(figsize=(_rule_panels_width(len(rules)), 3.4), layout="constrained")
-    axes = fig.subplots(1, len(rules), squeeze=False, sharey=True)[0]
+    fig, axes, rules, sizes, palette = _panels_per_rule(slices, height=3.4)
     for ax, rule in zip(axes, rules, strict=True):
         for size in sizes:
             cell = slices[(slices["rule"] == rule) & (slices["batch_size"] == size)]
