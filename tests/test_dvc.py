@@ -1,35 +1,48 @@
-"""DVC on top of the workflow: repro, no-op repro, metrics, plots, experiments, remotes."""
+"""DVC on top of the workflow: repro, no-op repro, metrics, plots, queued experiment sweeps,
+and a remote that a fresh clone pulls the study from without recomputing anything."""
 
 from __future__ import annotations
 
 import hashlib
-import shutil
+import time
+from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import run
+from conftest import copy_project, run
 
 pytestmark = pytest.mark.slow
 
+# The columns a sweep is compared on: the claims' verdict counts and each cell's best loss
+# (the README shows the same command).
+HEADLINE = ["dvc", "exp", "show", "--no-pager", "--csv", "--drop", r"claims\."]
 
-def md5(path) -> str:
+
+def md5(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
 
 
-@pytest.fixture
-def dvc_project(project, tiny_params):
-    """The project as its own git repository, with the tiny study as params.yaml."""
-    (project / "params.yaml").write_text(yaml.safe_dump(tiny_params, sort_keys=False))
+@pytest.fixture(scope="module")
+def reproduced(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The project as its own git repository with the tiny study as params.yaml, after one
+    `dvc repro` whose dvc.lock is committed (what a user who ran the study has)."""
+    from batchscale.config import deep_merge, read_yaml
+
+    project = copy_project(tmp_path_factory.mktemp("dvc") / "project")
+    params = deep_merge(read_yaml(project / "params.yaml"), read_yaml(project / "config/tiny.yaml"))
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "init", "-q", "-b", "main"], project)
     run(["git", "add", "-A"], project)
     run(["git", "commit", "-q", "-m", "tiny study"], project)
+    run(["dvc", "repro"], project)
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-q", "-m", "study results"], project)
     return project
 
 
-def test_repro_is_then_a_no_op_and_metrics_plots_remote_work(dvc_project, tmp_path):
-    project = dvc_project
-    run(["dvc", "repro"], project)
+def test_repro_is_then_a_no_op_and_metrics_plots_work(reproduced):
+    project = reproduced
     assert (project / "reports/report.html").exists()
     assert (project / "data/prepared/mnist1d.npz").exists()
 
@@ -45,20 +58,61 @@ def test_repro_is_then_a_no_op_and_metrics_plots_remote_work(dvc_project, tmp_pa
     page = (project / "dvc_plots/index.html").read_text()
     assert "val_loss" in page and '"field": "cell"' in page
 
+
+def test_a_fresh_clone_pulls_the_study_from_a_remote_with_nothing_left_to_do(reproduced, tmp_path):
+    """Push data and results; a fresh clone pulls them, then (after `snakemake --touch`, which
+    only aligns the checked-out files' modification times) neither DVC nor Snakemake has
+    anything to do: nothing is regenerated."""
+    project = reproduced
     remote = tmp_path / "remote"
-    run(["dvc", "remote", "add", "-d", "local", str(remote)], project)
+    run(["dvc", "remote", "add", "--local", "-d", "shared", str(remote)], project)
     run(["dvc", "push"], project)
-    data = project / "data/prepared/mnist1d.npz"
-    before = md5(data)
-    shutil.rmtree(project / "data/prepared")
-    shutil.rmtree(project / ".dvc/cache")
-    run(["dvc", "pull", "data/prepared"], project)
-    assert md5(data) == before
+
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(project), str(clone)], tmp_path)
+    run(["dvc", "remote", "add", "--local", "-d", "shared", str(remote)], clone)
+    assert not (clone / "results").exists() and not (clone / "data/prepared").exists()
+    run(["dvc", "pull"], clone)
+    for output in ("data/prepared/mnist1d.npz", "reports/report.html", "reports/tables/runs.csv"):
+        assert md5(clone / output) == md5(project / output), output
+
+    assert "Data and pipelines are up to date" in run(["dvc", "status"], clone).stdout
+    touched = run(["snakemake", "--cores", "1", "--touch"], clone)
+    assert "batchscale train" not in touched.stdout + touched.stderr  # touched, not run
+    dry = run(["snakemake", "-n"], clone)
+    assert "Nothing to be done" in dry.stdout + dry.stderr
+    assert "didn't change" in run(["dvc", "repro"], clone).stdout
+    for output in ("data/prepared/mnist1d.npz", "reports/report.html"):
+        assert md5(clone / output) == md5(project / output), output
 
 
-def test_experiment_with_another_grid(dvc_project):
-    project = dvc_project
-    run(["dvc", "exp", "run", "-S", "grid.batch_sizes=[32,64]"], project)
-    shown = run(["dvc", "exp", "show", "--no-pager", "--csv"], project).stdout
-    assert "[32, 64]" in shown or "32, 64" in shown
-    assert "claims.C2.observed" in shown
+def wait_for_queue(project: Path, timeout: float = 900) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = run(["dvc", "queue", "status"], project).stdout
+        if "Queued" not in status and "Running" not in status:
+            return status
+        time.sleep(5)
+    raise AssertionError(f"the DVC queue did not finish:\n{status}")
+
+
+def test_a_queued_sweep_runs_and_shows_its_headline_metrics(reproduced):
+    project = reproduced
+    sweeps = {"wide-grid": "grid.batch_sizes=[32,64]", "higher-lr": "train.base_lr=0.02"}
+    for name, override in sweeps.items():
+        run(["dvc", "exp", "run", "--queue", "--name", name, "-S", override], project)
+    try:
+        run(["dvc", "queue", "start", "--jobs", "1"], project)
+        status = wait_for_queue(project)
+    finally:
+        run(["dvc", "queue", "stop", "--kill"], project, check=False)
+    assert status.count("Success") == 2 and "Failed" not in status, status
+
+    shown = run(HEADLINE, project).stdout
+    lines = {line.split(",")[0]: line for line in shown.splitlines()}
+    header = lines["Experiment"]
+    assert "min_val_loss.none_bs32" in header and "verdicts.reproduced" in header
+    assert "claims.C2.observed" not in header  # the headline view leaves the details out
+    assert set(sweeps) <= set(lines), shown
+    assert "min_val_loss.none_bs64" in header  # a cell only the wider grid has
+    assert "0.02" in lines["higher-lr"] and "[32, 64]" in lines["wide-grid"]
