@@ -24,6 +24,10 @@ except bs_config.ConfigError as exc:
 configfile: "params.yaml"
 
 
+# The workflow's description in Snakemake's own report (`snakemake --report <file>.zip`).
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
@@ -32,6 +36,7 @@ include: "workflow/rules/probe.smk"
 include: "workflow/rules/bench.smk"
 include: "workflow/rules/aggregate.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/figures.smk"
 
 
 rule all:
@@ -41,3 +46,4 @@ rule all:
         "reports/claims.csv",
         "reports/metrics.json",
         "reports/tables/bench.csv",
+        rules.figures.output,

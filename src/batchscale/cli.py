@@ -287,6 +287,16 @@ def cmd_report(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_figures(args: argparse.Namespace) -> None:
+    from batchscale import figures
+
+    params = load_params(args.params)
+    try:
+        figures.write_figure_files(Path(args.tables), params, [Path(out) for out in args.out])
+    except ValueError as exc:
+        raise ConfigError(f"--out: {exc}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="batchscale",
@@ -376,6 +386,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--executed", required=True, help="where to keep the executed notebook")
     p.add_argument("--out", required=True, help="self-contained HTML report")
     p.add_argument("--data-info", help="the prepared data set's .json description (sizes shown in the setup)")
+
+    p = add("figures", cmd_figures, "Draw the report's main figures as PNG files (for snakemake --report).")
+    p.add_argument("--tables", required=True, help="folder of tables (reports/tables)")
+    p.add_argument(
+        "--out", nargs="+", required=True, help="PNG files, each named for its figure: learning_curves.png"
+    )
     return parser
 
 

@@ -12,6 +12,7 @@ import io
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import wraps
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -720,3 +721,142 @@ def bench_bars(bench: pd.DataFrame) -> Figure:
         ax.set_title(model)
     fig.tight_layout()
     return fig
+
+
+# ---------------------------------------------------------------------------------------
+# Figure files: the report's main figures as PNG files (`batchscale figures`), for Snakemake's
+# own report (`snakemake --report`). Drawn by the functions above, the ones the notebook calls,
+# with the same arguments; a figure whose measurements are missing becomes a note saying so.
+# ---------------------------------------------------------------------------------------
+
+
+class Tables:
+    """The tables of a folder by name (`tables["runs"]` is runs.csv), each read once on first
+    use; an absent or empty one is an empty frame, as in the notebook."""
+
+    def __init__(self, folder: Path | str) -> None:
+        self.folder = Path(folder)
+        self._frames: dict[str, pd.DataFrame] = {}
+
+    def __getitem__(self, name: str) -> pd.DataFrame:
+        if name not in self._frames:
+            from batchscale.report import read_table
+
+            self._frames[name] = read_table(self.folder / f"{name}.csv")
+        return self._frames[name]
+
+
+@_styled
+def not_measured(message: str) -> Figure:
+    """A small figure that says, in words, why there is nothing to plot."""
+    fig = Figure(figsize=(6.0, 1.2))
+    ax = fig.subplots()
+    ax.axis("off")
+    ax.text(0.5, 0.5, message, ha="center", va="center", wrap=True, color=ARTICLE_COLOUR)
+    return fig
+
+
+def _has(frame: pd.DataFrame, column: str) -> bool:
+    return column in frame and frame[column].notna().any()
+
+
+FigureFile = Callable[[Tables, dict], Figure]
+
+
+def _from(table: str, column: str, what: str, draw: Callable[[pd.DataFrame], Figure]) -> FigureFile:
+    """A figure file drawn from one table, or a note when its `column` holds no values."""
+
+    def build(tables: Tables, params: dict) -> Figure:
+        frame = tables[table]
+        if not _has(frame, column):
+            return not_measured(f"No {what} in {table}.csv: nothing to plot.")
+        return draw(frame)
+
+    return build
+
+
+def _rules_compared_file(tables: Tables, params: dict) -> Figure:
+    runs, history, train = tables["runs"], tables["history"], params["train"]
+    largest = int(history["batch_size"].max())
+    ramps = "linear_warmup" in set(runs["rule"]) and largest != train["base_batch_size"]
+    return rules_compared(runs, history, train["warmup_epochs"] if ramps else None)
+
+
+def _steps_to_target_file(tables: Tables, params: dict) -> Figure:
+    from batchscale import report as rp
+
+    runs = tables["runs"]
+    if not rp.has_steps_to_target(runs) or runs["steps_to_target"].isna().all():
+        return not_measured("No run reached the target validation loss (or steps were not counted).")
+    reference = rp.reference_rule(runs)
+    critical = rp.critical_batch_size(tables["noise"], reference)
+    return steps_to_target_vs_batch(runs, critical.value if critical is not None else None, reference)
+
+
+def _article_vs_ours(comparison: pd.DataFrame) -> Figure:
+    from batchscale.claims import MOST_OF_GAP, SMALL_GAP
+
+    return article_vs_ours(comparison, MOST_OF_GAP, SMALL_GAP)
+
+
+def _speedup_file(tables: Tables, params: dict) -> Figure:
+    timing = tables["timing"]
+    if timing.empty or timing["threads"].nunique() < 2:
+        return not_measured("Epochs were timed at one thread count only: no speed-up to show.")
+    return parallel_speedup_vs_batch(timing)
+
+
+def _interpolation_file(tables: Tables, params: dict) -> Figure:
+    """Labelled with the batch sizes the landscape step compared, as contour.csv names them."""
+    contour = tables["contour"]
+    sizes = []
+    if _has(contour, "batch_size"):
+        sizes = [int(contour["batch_size"].min()), int(contour["batch_size"].max())]
+    draw = _from("interpolation", "train_loss", "interpolation", lambda f: interpolation_curves(f, *sizes))
+    return draw(tables, params)
+
+
+# File stem -> how to draw it from the tables and the parameters (the `train` section).
+FIGURE_FILES: dict[str, FigureFile] = {
+    "learning_curves": _from("history", "train_loss", "learning curves", learning_curves),
+    "val_accuracy": _from(
+        "curves", "val_acc", "accuracy curves", lambda f: mean_curves(f, "val_acc", "validation accuracy")
+    ),
+    "c1_train_loss_auc": _from("runs", "train_loss_auc", "training losses", train_loss_auc_vs_batch),
+    "c2_min_val_loss": _from("runs", "min_val_loss", "validation losses", min_val_loss_vs_batch),
+    "c3_epoch_seconds": _from("timing", "epoch_seconds", "timings", epoch_seconds_vs_batch),
+    "c4_best_epoch": _from("runs", "best_epoch", "best epochs", best_epoch_vs_batch),
+    "c5_sharpness": _from("sharpness", "top_eigenvalue", "sharpness measurements", sharpness_vs_batch),
+    "c6_distance": _from("runs", "dist_final", "distances from the initial weights", distance_vs_batch),
+    "c7_article_vs_ours": _from("article_comparison", "ours", "comparison", _article_vs_ours),
+    "c9_time_to_min": _from("runs", "time_to_min_s", "wall-clock times", time_to_min_vs_batch),
+    "c10_update_norm": _from("runs", "mean_update_norm", "update norms", update_norm_vs_batch),
+    "c10_grad_competition": _from(
+        "runs", COMPETITION, "gradient-competition measurements", grad_competition_vs_batch
+    ),
+    "c11_parallel_speedup": _speedup_file,
+    "c12_slices": _from("slices", "train_loss", "loss slices", slice_curves),
+    "c12_interpolation": _interpolation_file,
+    "c12_contour": _from("contour", "train_loss", "loss contours", contour_panels),
+    "rules_compared": _rules_compared_file,
+    "steps_to_target": _steps_to_target_file,
+    "noise_scale": _from("noise", "b_simple", "gradient noise-scale measurements", noise_scale_vs_batch),
+    "bench": _from("bench", "ms_per_model_epoch", "benchmark timings", bench_bars),
+}
+
+
+def write_figure_files(tables: Path | str, params: dict, outs: list[Path | str]) -> None:
+    """Draw the figure each output's file stem names (see FIGURE_FILES) and write it as PNG.
+
+    Every name is checked before anything is drawn; each file is written atomically."""
+    from batchscale.io import atomic_path
+
+    outs = [Path(out) for out in outs]
+    unknown = sorted({out.stem for out in outs} - set(FIGURE_FILES))
+    if unknown:
+        raise ValueError(f"no such figure: {', '.join(unknown)} (known: {', '.join(FIGURE_FILES)})")
+    frames = Tables(tables)
+    for out in outs:
+        png = png_bytes(FIGURE_FILES[out.stem](frames, params))
+        with atomic_path(out) as tmp:
+            tmp.write_bytes(png)

@@ -7,7 +7,9 @@ rule report:
         tables=rules.aggregate.output,
         prepared_info=rules.prepare_data.output.info,
     output:
-        html="reports/report.html",
+        html=report(
+            "reports/report.html", caption="../report/report.rst", category="Report"
+        ),
         executed="results/report/report.executed.ipynb",
     log:
         "logs/report.log",
