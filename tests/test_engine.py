@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 
 import pandas as pd
@@ -12,11 +13,38 @@ import torch.nn.functional as F
 from batchscale.data import Dataset
 from batchscale.engine import Ensemble, TrainSpec, train
 from batchscale.models import build_model
+from batchscale.progress import EpochProgress
 from batchscale.scaling import warmup_fraction
 
 from conftest import random_arrays
 
 MODELS = [{"name": "mlp", "hidden": [16, 8]}, {"name": "cnn1d", "channels": 4}]
+
+
+def silent() -> EpochProgress:
+    return EpochProgress(1, stream=io.StringIO(), interactive=False)
+
+
+class Killed(Exception):
+    pass
+
+
+class RecordedProgress(EpochProgress):
+    """Keeps every progress line; raises Killed when epoch `die_at` ends, before its checkpoint
+    is written, as a kill in the middle of that epoch would."""
+
+    def __init__(self, die_at: int | None = None):
+        super().__init__(1, stream=io.StringIO(), interactive=False)
+        self.lines: list[str] = []
+        self.die_at = die_at
+
+    def note(self, message: str) -> None:
+        self.lines.append(message)
+
+    def epoch(self, epoch: int, best_val: float, line: str) -> None:
+        if epoch == self.die_at:
+            raise Killed
+        self.lines.append(line)
 
 
 def tiny_dataset(seed: int = 0, features: int = 12) -> Dataset:
@@ -56,7 +84,7 @@ def test_member_k_equals_plain_run_with_seed_k(model_params):
     # Different LRs per member, and a batch size that leaves a short last batch (64 = 2*24 + 16).
     spec = TrainSpec(batch_size=24, seeds=[3, 7], lrs=[0.05, 0.02], epochs=3, momentum=0.9)
     ensemble = Ensemble(model_params, data, spec, torch.device("cpu"))
-    state = train(ensemble, log=lambda line: None)
+    state = train(ensemble, progress=silent())
     last = {r["seed"]: r for r in state.history if r["epoch"] == spec.epochs}
     for member, (seed, lr) in enumerate(zip(spec.seeds, spec.lrs, strict=True)):
         params, val_loss, train_losses = plain_sgd_run(
@@ -72,7 +100,7 @@ def test_member_k_equals_plain_run_with_seed_k(model_params):
 def test_members_differ_and_history_is_complete():
     data = tiny_dataset()
     spec = TrainSpec(batch_size=16, seeds=[0, 1, 2], lrs=[0.05] * 3, epochs=2, momentum=0.9)
-    state = train(Ensemble(MODELS[0], data, spec, torch.device("cpu")), log=lambda line: None)
+    state = train(Ensemble(MODELS[0], data, spec, torch.device("cpu")), progress=silent())
     assert len(state.history) == 3 * (spec.epochs + 1)  # epoch 0 (at init) .. epochs
     assert not torch.equal(state.params["net.0.weight"][0], state.params["net.0.weight"][1])
     first = [r for r in state.history if r["epoch"] == 1]
@@ -88,21 +116,15 @@ def _without_timing(history) -> pd.DataFrame:
 def test_resume_after_interruption_gives_identical_history(tmp_path):
     data = tiny_dataset()
     spec = TrainSpec(batch_size=16, seeds=[0, 1], lrs=[0.05, 0.1], epochs=4, momentum=0.9)
-    reference = train(Ensemble(MODELS[0], data, spec, torch.device("cpu")), log=lambda line: None)
-
-    class Killed(Exception):
-        pass
-
-    def die_at_epoch_3(line: str) -> None:
-        if line.startswith("epoch    3"):
-            raise Killed  # before epoch 3's checkpoint is written, like a kill mid-run
+    reference = train(Ensemble(MODELS[0], data, spec, torch.device("cpu")), progress=silent())
 
     checkpoint = tmp_path / "checkpoint.pt"
+    dying = RecordedProgress(die_at=3)
     with pytest.raises(Killed):
-        train(Ensemble(MODELS[0], data, spec, torch.device("cpu")), checkpoint, "run-a", die_at_epoch_3)
-    lines = []
-    resumed = train(Ensemble(MODELS[0], data, spec, torch.device("cpu")), checkpoint, "run-a", lines.append)
-    assert lines[0].startswith("resuming") and "epoch 2" in lines[0]
+        train(Ensemble(MODELS[0], data, spec, torch.device("cpu")), checkpoint, "run-a", dying)
+    progress = RecordedProgress()
+    resumed = train(Ensemble(MODELS[0], data, spec, torch.device("cpu")), checkpoint, "run-a", progress)
+    assert progress.lines[0].startswith("resuming") and "epoch 2" in progress.lines[0]
     pd.testing.assert_frame_equal(_without_timing(resumed.history), _without_timing(reference.history))
 
 
@@ -110,16 +132,33 @@ def test_checkpoint_of_another_run_is_not_resumed(tmp_path):
     data = tiny_dataset()
     spec = TrainSpec(batch_size=16, seeds=[0], lrs=[0.05], epochs=1, momentum=0.0)
     checkpoint = tmp_path / "checkpoint.pt"
-    train(Ensemble(MODELS[0], data, spec, torch.device("cpu")), checkpoint, "run-a", lambda line: None)
-    lines = []
-    train(Ensemble(MODELS[0], data, spec, torch.device("cpu")), checkpoint, "run-b", lines.append)
-    assert not any(line.startswith("resuming") for line in lines)
+    train(Ensemble(MODELS[0], data, spec, torch.device("cpu")), checkpoint, "run-a", silent())
+    progress = RecordedProgress()
+    train(Ensemble(MODELS[0], data, spec, torch.device("cpu")), checkpoint, "run-b", progress)
+    assert not any(line.startswith("resuming") for line in progress.lines)
+
+
+def test_progress_is_a_bar_on_a_terminal_and_one_line_per_epoch_in_a_log():
+    data = tiny_dataset()
+    spec = TrainSpec(batch_size=16, seeds=[0, 1], lrs=[0.05, 0.05], epochs=3, momentum=0.9)
+
+    log = io.StringIO()  # not a terminal: what Snakemake's log file or a SLURM job gets
+    train(Ensemble(MODELS[0], data, spec, torch.device("cpu")), progress=EpochProgress(3, stream=log))
+    lines = log.getvalue().splitlines()
+    assert [line.split()[:2] for line in lines] == [["epoch", "1/3"], ["epoch", "2/3"], ["epoch", "3/3"]]
+    assert "\r" not in log.getvalue() and all("best val" in line for line in lines)
+
+    terminal = io.StringIO()
+    bar = EpochProgress(3, desc="B=16", stream=terminal, interactive=True)
+    train(Ensemble(MODELS[0], data, spec, torch.device("cpu")), progress=bar)
+    drawn = terminal.getvalue()
+    assert "\r" in drawn and "B=16" in drawn and "3/3" in drawn and "best val" in drawn
 
 
 def test_divergent_member_is_recorded_and_others_finish():
     data = tiny_dataset()
     spec = TrainSpec(batch_size=16, seeds=[0, 1], lrs=[0.05, 1e6], epochs=3, momentum=0.9)
-    state = train(Ensemble(MODELS[0], data, spec, torch.device("cpu")), log=lambda line: None)
+    state = train(Ensemble(MODELS[0], data, spec, torch.device("cpu")), progress=silent())
     assert state.diverged_epoch.tolist()[0] == -1
     assert state.diverged_epoch.tolist()[1] >= 1
     healthy = [r for r in state.history if r["seed"] == 0]
@@ -137,7 +176,7 @@ def test_warmup_run_matches_plain_sgd_with_the_same_ramp():
     spec = TrainSpec(
         batch_size=16, seeds=[5], lrs=[0.08], epochs=2, momentum=0.9, warmup_epochs=1, warmup_start_lr=0.01
     )
-    state = train(Ensemble(MODELS[0], data, spec, torch.device("cpu")), log=lambda line: None)
+    state = train(Ensemble(MODELS[0], data, spec, torch.device("cpu")), progress=silent())
     torch.manual_seed(5)
     model = build_model(MODELS[0], data.in_features, data.num_classes)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
-import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +23,7 @@ from torch.func import functional_call, grad, grad_and_value, stack_module_state
 from batchscale.data import Dataset
 from batchscale.io import load_torch, save_torch_atomic
 from batchscale.models import build_model
+from batchscale.progress import EpochProgress
 from batchscale.scaling import warmup_fraction
 
 CHECKPOINT_VERSION = 1
@@ -306,20 +305,26 @@ def train(
     ensemble: Ensemble,
     checkpoint: Path | None = None,
     identity: str = "",
-    log: Callable[[str], None] | None = None,
+    progress: EpochProgress | None = None,
 ) -> EnsembleState:
     """Train every member for `spec.epochs`, checkpointing atomically after each epoch.
 
     A run that finds its own checkpoint continues from it and ends with the same numbers
-    as one that was never interrupted.
+    as one that was never interrupted. Progress goes to `progress` (default: a bar on a
+    terminal, one line per epoch in a log).
     """
-    log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+    with progress or EpochProgress(ensemble.spec.epochs, desc=f"B={ensemble.spec.batch_size}") as progress:
+        return _train(ensemble, checkpoint, identity, progress)
+
+
+def _train(ensemble: Ensemble, checkpoint: Path | None, identity: str, progress: EpochProgress):
     state = load_checkpoint(checkpoint, identity, ensemble.device) if checkpoint else None
     if state is None:
         state = ensemble.fresh_state()
         ensemble.record_epoch(state, math.nan, None, None, None)
     else:
-        log(f"resuming from {checkpoint} at epoch {state.epoch}")
+        progress.note(f"resuming from {checkpoint} at epoch {state.epoch}")
+        progress.epoch(state.epoch, _mean_best_val(state), f"epoch {state.epoch} (from the checkpoint)")
     sync = torch.cuda.synchronize if ensemble.device.type == "cuda" else (lambda: None)
     while state.epoch < ensemble.spec.epochs:
         before = {k: v.clone() for k, v in state.params.items()}
@@ -331,18 +336,24 @@ def train(
         sync()
         seconds = time.perf_counter() - start
         rows = ensemble.record_epoch(state, seconds, before, train_loss, competition)
-        log(_progress_line(rows, state, ensemble.spec.epochs, seconds))
+        line = _progress_line(rows, state, ensemble.spec.epochs, seconds)
+        progress.epoch(state.epoch, _mean_best_val(state), line)
         if checkpoint:
             save_torch_atomic(checkpoint, _state_to_dict(state, identity))
     return state
+
+
+def _mean_best_val(state: EnsembleState) -> float:
+    """The members' mean best validation loss so far (nan when every member diverged)."""
+    best = state.best_val[torch.isfinite(state.best_val)]
+    return best.mean().item() if len(best) else math.nan
 
 
 def _progress_line(rows: list[dict], state: EnsembleState, epochs: int, seconds: float) -> str:
     finite = [r for r in rows if not r["diverged"]]
     # With every member diverged there is no mean: nan, not a reassuring 0.0000.
     mean = lambda key: sum(r[key] for r in finite) / len(finite) if finite else math.nan  # noqa: E731
-    best = state.best_val[torch.isfinite(state.best_val)]
-    best_text = f"{best.mean().item():.4f}" if len(best) else "nan"
+    best_text = f"{_mean_best_val(state):.4f}"
     return (
         f"epoch {state.epoch:4d}/{epochs}  train {mean('train_loss'):.4f}  "
         f"val {mean('val_loss'):.4f}  acc {mean('val_acc'):.3f}  best val {best_text}  "
