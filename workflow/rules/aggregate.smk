@@ -36,7 +36,9 @@ rule claims:
         runs=rules.aggregate.output.runs,
         timing=rules.aggregate.output.timing,
     output:
-        claims="reports/claims.csv",
+        claims=report(
+            "reports/claims.csv", caption="../report/claims.rst", category="Report"
+        ),
         metrics="reports/metrics.json",
         comparison="reports/tables/article_comparison.csv",
     log:
