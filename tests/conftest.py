@@ -80,3 +80,13 @@ def random_arrays(n_train: int = 64, n_val: int = 32, features: int = 12, classe
         "x_val": rng.normal(size=(n_val, features)).astype(np.float32),
         "y_val": rng.integers(0, classes, size=n_val).astype(np.int64),
     }
+
+
+@pytest.fixture(scope="session")
+def tiny_study(tmp_path_factory) -> Path:
+    """One real run of the tiny study (`snakemake --configfile config/tiny.yaml`) in a fresh
+    project copy, shared by the tests that only read what it made (report, figures, tables):
+    the workflow runs once per test session, not once per test."""
+    project = copy_project(tmp_path_factory.mktemp("tiny-study") / "project")
+    run(["snakemake", "--cores", "4", "--configfile", "config/tiny.yaml"], project)
+    return project

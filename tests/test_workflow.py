@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
+import zipfile
+
 import pandas as pd
 import pytest
 import yaml
 
-from conftest import run
+from conftest import ROOT, run
 
 pytestmark = pytest.mark.slow
 
@@ -16,8 +19,8 @@ HISTORY_COLUMNS = {"rule", "batch_size", "seed", "epoch", "train_loss", "val_los
                    "epoch_seconds", "dist_from_init", "update_norm"}  # fmt: skip
 
 
-def test_tiny_study_runs_end_to_end_and_is_then_up_to_date(project):
-    run(["snakemake", "--cores", "4", "--configfile", "config/tiny.yaml"], project)
+def test_tiny_study_runs_end_to_end_and_is_then_up_to_date(tiny_study):
+    project = tiny_study  # `snakemake --cores 4 --configfile config/tiny.yaml` ran there once
 
     html = (project / "reports/report.html").read_text()
     assert "C12" in html and "data:image/png;base64," in html
@@ -38,6 +41,34 @@ def test_tiny_study_runs_end_to_end_and_is_then_up_to_date(project):
 
     dry = run(["snakemake", "-n", "--configfile", "config/tiny.yaml"], project)
     assert "Nothing to be done" in dry.stdout + dry.stderr
+
+
+def test_figures_are_files_and_snakemake_report_holds_them_with_captions(tiny_study):
+    from batchscale.figures import FIGURE_FILES
+
+    project = tiny_study
+    made = {png.stem: png for png in (project / "reports/figures").glob("*.png")}
+    assert set(made) == set(FIGURE_FILES)  # the tiny grid has a landscape pair: every figure
+    assert all(png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for png in made.values())
+
+    run(
+        ["snakemake", "--report", "reports/snakemake-report.zip", "--configfile", "config/tiny.yaml"], project
+    )
+    with zipfile.ZipFile(project / "reports/snakemake-report.zip") as archive:
+        names = archive.namelist()
+        page = archive.read("snakemake-report/report.html").decode()
+    for stem in FIGURE_FILES:
+        assert any(name.endswith(f"/{stem}.png") for name in names), stem
+        # The figure's entry in the report's data holds its caption (its longest unmarked words).
+        caption = (ROOT / "workflow/report/figures" / f"{stem}.rst").read_text()
+        words = max(re.findall(r"[\w ,:.-]{15,}", caption, re.ASCII), key=len)
+        entry = page.find(f'"reports/figures/{stem}.png": {{')
+        assert entry >= 0 and words in page[entry : entry + 4000], f"caption of {stem} missing"
+    for item in ("report.html", "claims.csv"):  # the HTML report and the verdicts, under "Report"
+        assert any(name.endswith(f"/{item}") and "/data/raw/" in name for name in names), item
+    assert "C01 training loss" in page and "Beyond the article" in page  # categories
+    assert "Effect of Batch Size on Neural Net" in page  # the workflow description
+    assert "batchscale figures" in page  # the rules' code: provenance
 
 
 def test_lint_is_clean(project):
