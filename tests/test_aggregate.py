@@ -64,3 +64,26 @@ def test_steps_to_target_counts_optimizer_steps_to_the_first_epoch_below_target(
     # target 0.9975: B=32 reaches it at epoch 2 (epoch 1 is 1.0, just above), 2 epochs x 20 steps
     assert out.loc[32, "steps_to_target"] == 40
     assert out.loc[64, "steps_to_target"] == 3 * 10  # loss 0.95 at epoch 3, 10 steps per epoch
+
+
+def test_jobs_table_has_one_row_per_training_job_with_its_peak_memory(tmp_path):
+    import json
+
+    from batchscale.aggregate import read_jobs
+    from batchscale.config import Cell
+    from batchscale.report import jobs_sentence
+
+    # The base batch size's run is shared by both rules: one job, one row.
+    cells = [Cell("none", 32, 0.01), Cell("linear", 32, 0.01), Cell("linear", 64, 0.02)]
+    for cell, rss in zip(cells[1:], (300.0, 2000.0), strict=True):
+        run_dir = tmp_path / cell.run_dir
+        run_dir.mkdir(parents=True)
+        summary = {"batch_size": cell.batch_size, "lr": cell.lr, "seeds": [0, 1], "device": "cpu",
+                   "threads": 1, "train_seconds": 10.0, "peak_rss_mb": rss, "peak_cuda_mb": None}  # fmt: skip
+        (run_dir / "summary.json").write_text(json.dumps(summary))
+    jobs = read_jobs(cells, tmp_path)
+    assert list(jobs["run"]) == ["bs32_lr0.01", "bs64_lr0.02"]
+    assert list(jobs["peak_rss_mb"]) == [300.0, 2000.0] and list(jobs["members"]) == [2, 2]
+    sentence = jobs_sentence(jobs)
+    assert "at most 2,000 MiB" in sentence or "at most 2000 MiB" in sentence
+    assert "above the goal" in sentence and "bs64_lr0.02" in sentence

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,28 @@ def read_per_cell(cells: list[Cell], folder: str, name: str, root: Path) -> pd.D
         if frames
         else pd.DataFrame(columns=["rule", "batch_size", "seed"])
     )
+
+
+JOB_COLUMNS = ["run", "batch_size", "lr", "members", "device", "threads", "train_seconds",
+               "peak_rss_mb", "peak_cuda_mb"]  # fmt: skip
+
+
+def read_jobs(cells: list[Cell], root: Path) -> pd.DataFrame:
+    """One row per training job (a run shared by several rules counts once): its device,
+    threads, wall time and peak memory, from the run's summary.json."""
+    rows = {}
+    for cell in cells:
+        path = root / cell.run_dir / "summary.json"
+        if cell.run_dir in rows or not path.exists():
+            continue
+        summary = json.loads(path.read_text())
+        rows[cell.run_dir] = {
+            "run": cell.run_key, "batch_size": summary["batch_size"], "lr": summary["lr"],
+            "members": len(summary["seeds"]), "device": summary["device"], "threads": summary["threads"],
+            "train_seconds": summary["train_seconds"],
+            "peak_rss_mb": summary.get("peak_rss_mb"), "peak_cuda_mb": summary.get("peak_cuda_mb"),
+        }  # fmt: skip
+    return pd.DataFrame(list(rows.values()), columns=JOB_COLUMNS)
 
 
 def read_histories(cells: list[Cell], root: Path) -> pd.DataFrame:
@@ -195,8 +218,8 @@ def aggregate(
     landscape_dir: Path | None = None,
     num_train: int | None = None,
 ) -> None:
-    """Write the tidy tables under `tables_dir`: history, runs, timing, curves, sharpness,
-    slices, interpolation and contour (the last four empty when no probes were run).
+    """Write the tidy tables under `tables_dir`: history, runs, jobs, timing, curves,
+    sharpness, slices, interpolation and contour (the last four empty when no probes were run).
 
     Run and probe folders are read relative to `root` (the project directory).
     """
@@ -216,6 +239,7 @@ def aggregate(
     write_csv_atomic(tables_dir / "noise.csv", noise)
     write_csv_atomic(tables_dir / "interpolation.csv", read_landscape(landscape_dir, "interpolation.csv"))
     write_csv_atomic(tables_dir / "contour.csv", read_landscape(landscape_dir, "contour.csv"))
+    write_csv_atomic(tables_dir / "jobs.csv", read_jobs(cells, root))
     write_csv_atomic(tables_dir / "history.csv", history)
     write_csv_atomic(tables_dir / "runs.csv", runs)
     write_csv_atomic(tables_dir / "timing.csv", timing)

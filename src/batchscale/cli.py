@@ -67,6 +67,18 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}: {info['x_train_shape'][0]} train / {info['x_val_shape'][0]} val examples")
 
 
+def peak_memory_mb(device) -> dict:
+    """This process's peak resident memory so far, and on CUDA the peak memory torch allocated
+    on the device (None elsewhere), in MiB: what a job needs from a laptop or a SLURM node."""
+    import resource
+
+    import torch
+
+    peak_rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    cuda = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    return {"peak_rss_mb": round(peak_rss_kib / 1024, 1), "peak_cuda_mb": cuda}
+
+
 def _set_threads(threads: int) -> None:
     import torch
 
@@ -133,6 +145,7 @@ def cmd_train(args: argparse.Namespace) -> None:
             "device": str(device),
             "threads": args.threads,
             "train_seconds": time.perf_counter() - started,
+            **peak_memory_mb(device),
             "diverged_epoch": state.diverged_epoch.tolist(),
             "params": {k: params[k] for k in ("data", "model", "train")},
             "versions": software_versions(),

@@ -645,3 +645,25 @@ def critical_batch_sentence(critical: CriticalBatch | None, departure: Departure
     if not parts:
         return ""
     return f"<p><b>Predicted vs measured critical batch size.</b> {' '.join(parts)}</p>"
+
+
+# A training job should fit beside others on a laptop or in a small SLURM allocation.
+RSS_GOAL_MB = 1536
+
+
+def jobs_sentence(jobs: pd.DataFrame) -> str:
+    """What the training jobs cost: wall time and peak memory, against the memory goal."""
+    if jobs.empty or jobs["peak_rss_mb"].isna().all():
+        return "<p>No training job recorded its memory (runs from before this was measured).</p>"
+    worst = jobs.loc[jobs["peak_rss_mb"].idxmax()]
+    within = "within" if worst["peak_rss_mb"] < RSS_GOAL_MB else "above"
+    text = (
+        f"<p>{len(jobs)} training jobs took {jobs['train_seconds'].sum():,.0f} s of training "
+        f"in all. Peak resident memory of a job: at most {worst['peak_rss_mb']:,.0f} MiB "
+        f"(run {esc(worst['run'])}, median {jobs['peak_rss_mb'].median():,.0f} MiB), "
+        f"{within} the goal of {RSS_GOAL_MB} MiB."
+    )
+    cuda = jobs["peak_cuda_mb"].dropna()
+    if len(cuda):
+        text += f" Peak CUDA memory allocated by a job: at most {cuda.max():,.0f} MiB."
+    return text + "</p>"

@@ -1,6 +1,7 @@
 rule aggregate:
     input:
         runs=[f"{d}/history.csv" for d in RUN_DIRS],
+        summaries=[f"{d}/summary.json" for d in RUN_DIRS],
         timing=expand("results/timing/bs{batch_size}.csv", batch_size=BATCH_SIZES),
         probes=[
             f"{d}/{name}.csv"
@@ -11,6 +12,7 @@ rule aggregate:
     output:
         history="reports/tables/history.csv",
         runs="reports/tables/runs.csv",
+        jobs="reports/tables/jobs.csv",
         timing="reports/tables/timing.csv",
         curves="reports/tables/curves.csv",
         sharpness="reports/tables/sharpness.csv",
