@@ -50,10 +50,12 @@ def test_show_failed_logs_names_the_cause_of_a_failed_job(tmp_path):
     # --touch keeps Snakemake from regenerating the data: the train job itself must fail.
     run([*smk, "--touch", "--", "data"], project)
     failed = run(
-        [*smk, "--show-failed-logs", "--", "results/runs/bs32_lr0.01/history.csv"], project, check=False
+        [*smk, "--show-failed-logs", "--", "results/mnist1d-cnn1d/runs/bs32_lr0.01/history.csv"],
+        project,
+        check=False,
     )
     output = failed.stdout + failed.stderr
     assert failed.returncode != 0
-    assert "logs/train/bs32_lr0.01.log" in output
+    assert "logs/mnist1d-cnn1d/train/bs32_lr0.01.log" in output
     assert "batchscale train: error:" in output and str(prepared.relative_to(project)) in output, output
-    assert not (project / "results/runs/bs32_lr0.01/history.csv").exists()
+    assert not (project / "results/mnist1d-cnn1d/runs/bs32_lr0.01/history.csv").exists()

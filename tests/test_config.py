@@ -6,7 +6,17 @@ import numpy as np
 import pytest
 import yaml
 
-from batchscale.config import ConfigError, cells, load, parse_run_key, prepared_path, run_dirs, validate
+from batchscale.config import (
+    ConfigError,
+    cells,
+    load,
+    parse_run_key,
+    prepared_path,
+    probe_dirs,
+    run_dirs,
+    study_dir,
+    validate,
+)
 
 from conftest import ROOT, random_arrays
 
@@ -28,10 +38,10 @@ def test_rules_that_agree_share_one_training_run():
         by_cell[("none", 32)]
         == by_cell[("linear", 32)]
         == by_cell[("sqrt", 32)]
-        == "results/runs/bs32_lr0.01"
+        == "results/mnist1d-mlp/runs/bs32_lr0.01"
     )
     assert len(set(by_cell.values())) == 4  # 3 rules x 2 sizes, the three at B=32 shared
-    assert run_dirs(params)[0] == "results/runs/bs32_lr0.01"
+    assert run_dirs(params)[0] == "results/mnist1d-mlp/runs/bs32_lr0.01"
 
 
 def test_empty_config_gets_every_default():
@@ -101,3 +111,13 @@ def test_a_users_npz_is_checked_before_any_job(tmp_path):
     assert prepared_path(params) == "data/prepared/user_mine.npz"
     with pytest.raises(ConfigError, match="larger than the training set"):
         validate({"data": {"name": "npz", "path": str(own)}, "grid": {"batch_sizes": [16, 128]}})
+
+
+def test_each_data_set_and_model_keeps_its_results_in_its_own_folder():
+    default = validate({})
+    mnist = validate({"data": {"name": "mnist"}, "model": {"name": "cnn2d"}})
+    assert study_dir(default) == "results/mnist1d-mlp" and study_dir(mnist) == "results/mnist-cnn2d"
+    assert all(d.startswith("results/mnist-cnn2d/runs/") for d in run_dirs(mnist))
+    assert not set(run_dirs(default)) & set(run_dirs(mnist)) and not set(probe_dirs(default)) & set(
+        probe_dirs(mnist)
+    )

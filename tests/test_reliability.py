@@ -36,7 +36,7 @@ from conftest import copy_project, random_arrays, run, tool_env
 # Long enough that a kill reliably lands mid-run (the first checkpoint appears after one
 # epoch of 40), short enough that four interrupted runs and their references stay cheap.
 LONG = {"train": {"epochs": 40}}
-RUN = "results/runs/bs32_lr0.01"  # the tiny grid's base cell, shared by every LR rule
+RUN = "results/mnist1d-cnn1d/runs/bs32_lr0.01"  # the tiny grid's base cell, shared by every LR rule
 
 
 # --- helpers -------------------------------------------------------------------------------
@@ -205,7 +205,7 @@ def test_killed_training_resumes_exactly(trained_data, reference, target, sig):
     if sig == signal.SIGKILL and target == "group":
         run(["snakemake", "--unlock"], project)  # what Snakemake's lock message tells users
     run(snakemake_cmd(1, f"{RUN}/history.csv"), project)
-    log = (project / "logs/train/bs32_lr0.01.log").read_text()
+    log = (project / "logs/mnist1d-cnn1d/train/bs32_lr0.01.log").read_text()
     assert "resuming from" in log, log
     assert_same_run(run_dir, reference / RUN)
     assert not (run_dir / "checkpoint.pt").exists()
@@ -438,7 +438,7 @@ DIVERGING = {
                "interpolation_points": 3},
     "stats": {"bootstrap": 100},
 }  # fmt: skip
-DIVERGED_RUN, STABLE_RUN = "results/runs/bs32_lr3.2", "results/runs/bs32_lr0.8"
+DIVERGED_RUN, STABLE_RUN = "results/mnist1d-cnn1d/runs/bs32_lr3.2", "results/mnist1d-cnn1d/runs/bs32_lr0.8"
 
 
 @pytest.fixture(scope="module")
@@ -475,7 +475,7 @@ def test_a_diverging_cell_is_recorded_and_the_study_still_reports(diverging_stud
     html = (project / "reports/report.html").read_text()
     assert "Diverged runs" in html and f"(epoch {diverged[0]})" in html
     assert torch.__version__ in html  # the report names the software that produced it
-    log = (project / "logs/train/bs32_lr3.2.log").read_text()
+    log = (project / "logs/mnist1d-cnn1d/train/bs32_lr3.2.log").read_text()
     assert "train nan" in log and "train 0.0000" not in log  # no mean over zero members
 
 

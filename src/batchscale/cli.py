@@ -282,6 +282,8 @@ def cmd_claims(args: argparse.Namespace) -> None:
     comparison = claims.article_comparison(runs, claims.Settings.from_params(params))
     write_csv_atomic(tables / "article_comparison.csv", comparison)
     write_json_atomic(Path(args.metrics), claims.headline_metrics(decided, runs))
+    if args.study_out:
+        write_csv_atomic(Path(args.study_out), decided)
     write_csv_atomic(Path(args.out), decided)
 
 
@@ -297,6 +299,7 @@ def cmd_report(args: argparse.Namespace) -> None:
         executed=Path(args.executed),
         out=Path(args.out),
         data_info=Path(args.data_info) if args.data_info else None,
+        studies=[Path(path) for path in args.studies],
     )
 
 
@@ -391,6 +394,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tables", required=True, help="folder written by `batchscale aggregate`")
     p.add_argument("--out", required=True, help="claims CSV, e.g. reports/claims.csv")
     p.add_argument("--metrics", required=True, help="metrics JSON, e.g. reports/metrics.json")
+    p.add_argument(
+        "--study-out",
+        help="a second copy of the claims CSV kept with the study's results (results/<data>-<model>/"
+        "claims.csv), so the report can say which claims hold on which data set",
+    )
 
     p = add("report", cmd_report, "Execute the report notebook with papermill and export it to HTML.")
     p.add_argument("--notebook", required=True, help="template notebook (workflow/notebooks/report.ipynb)")
@@ -399,6 +407,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--executed", required=True, help="where to keep the executed notebook")
     p.add_argument("--out", required=True, help="self-contained HTML report")
     p.add_argument("--data-info", help="the prepared data set's .json description (sizes shown in the setup)")
+    p.add_argument(
+        "--studies",
+        nargs="*",
+        default=[],
+        help="claims CSVs of every study run in this folder (results/<data>-<model>/claims.csv), "
+        "compared side by side",
+    )
 
     p = add("figures", cmd_figures, "Draw the report's main figures as PNG files (for snakemake --report).")
     p.add_argument("--tables", required=True, help="folder of tables (reports/tables)")

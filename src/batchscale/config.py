@@ -177,6 +177,7 @@ class Cell:
     batch_size: int
     lr: float
     warmup_epochs: int = 0
+    study_dir: str = "results"
 
     @property
     def run_key(self) -> str:
@@ -186,23 +187,38 @@ class Cell:
 
     @property
     def run_dir(self) -> str:
-        return f"results/runs/{self.run_key}"
+        return f"{self.study_dir}/runs/{self.run_key}"
 
     @property
     def probe_dir(self) -> str:
-        return f"results/probes/{self.run_key}"
+        return f"{self.study_dir}/probes/{self.run_key}"
+
+
+def study_name(params: dict) -> str:
+    """Names the study by what its runs are trained on and with: data set and model.
+
+    Every study keeps its results in its own folder, `results/<data>-<model>/`, so that
+    running another data set or model next to the default loses nothing, and the report can
+    say which claims hold on which data set. (dvc.yaml builds the same name from params.yaml.)
+    """
+    return f"{params['data']['name']}-{params['model']['name']}"
+
+
+def study_dir(params: dict) -> str:
+    return f"results/{study_name(params)}"
 
 
 def cells(params: dict) -> list[Cell]:
     """The grid of runs, in a fixed order: rules as listed, batch sizes ascending."""
     grid, train = params["grid"], params["train"]
+    root = study_dir(params)
     out = []
     for rule in grid["lr_rules"]:
         for bs in sorted(grid["batch_sizes"]):
             lr = scaled_lr(rule, train["base_lr"], train["base_batch_size"], bs)
             # A ramp from the base LR to itself is no warm-up: that run is shared with `none`.
             warmup = train["warmup_epochs"] if rule == "linear_warmup" and lr != train["base_lr"] else 0
-            out.append(Cell(rule, bs, lr, warmup))
+            out.append(Cell(rule, bs, lr, warmup, root))
     return out
 
 

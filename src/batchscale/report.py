@@ -71,6 +71,7 @@ def render(
     executed: Path,
     out: Path,
     data_info: Path | None = None,
+    studies: list[Path] = (),
 ) -> None:
     """Execute `notebook` on the tables, keep it at `executed`, export code-free HTML to `out`.
 
@@ -80,7 +81,7 @@ def render(
     """
     if data_info is None:
         data_info = Path("data/prepared") / f"{params['data']['name']}.json"
-    parameters = notebook_parameters(Path(tables), Path(claims), params, Path(data_info))
+    parameters = notebook_parameters(Path(tables), Path(claims), params, Path(data_info), studies)
     nb = execute(Path(notebook), parameters)
     _write_notebook_atomic(nb, Path(executed))
     page = to_html(nb)
@@ -91,12 +92,15 @@ def render(
         tmp.write_text(page, encoding="utf-8")
 
 
-def notebook_parameters(tables: Path, claims: Path, params: dict, data_info: Path) -> dict:
+def notebook_parameters(
+    tables: Path, claims: Path, params: dict, data_info: Path, studies: list[Path] = ()
+) -> dict:
     """What papermill injects: params, setup, and absolute paths (the kernel's cwd does not matter)."""
     info = read_data_info(data_info)
     return {
         "tables": str(tables.resolve()),
         "claims": str(claims.resolve()),
+        "studies": [str(Path(path).resolve()) for path in studies],
         "params": params,
         "setup": {
             "versions": _software_versions(),
@@ -667,3 +671,52 @@ def jobs_sentence(jobs: pd.DataFrame) -> str:
     if len(cuda):
         text += f" Peak CUDA memory allocated by a job: at most {cuda.max():,.0f} MiB."
     return text + "</p>"
+
+
+def read_studies(paths: list[str | Path]) -> pd.DataFrame:
+    """Every study's claims in one frame, labelled by the study's folder (<data>-<model>)."""
+    frames = []
+    for path in paths:
+        frame = pd.read_csv(path)
+        frame.insert(0, "study", Path(path).parent.name)
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["study", "claim_id"])
+
+
+def studies_table(studies: pd.DataFrame, current: str) -> str:
+    """Which claims hold on which data set: one row per claim, one column per study (the
+    current one first), each cell the verdict with the observed statistic."""
+    names = [current, *sorted(set(studies["study"]) - {current})]
+    head = "<tr><th>claim</th>" + "".join(
+        f"<th>{esc(name)}{' (this report)' if name == current else ''}</th>" for name in names
+    ) + "</tr>"  # fmt: skip
+    rows = []
+    for claim_id, group in studies.groupby("claim_id", sort=False):
+        by_study = group.set_index("study")
+        cells = []
+        for name in names:
+            if name not in by_study.index:
+                cells.append("<td>–</td>")
+                continue
+            row = by_study.loc[name]
+            estimate = fmt_estimate(row["observed"], row["ci_low"], row["ci_high"])
+            cells.append(f'<td>{verdict_badge(row["verdict"])} <span class="num">{esc(estimate)}</span></td>')
+        rows.append(f'<tr><td><a href="#{esc(claim_id)}">{esc(claim_id)}</a></td>{"".join(cells)}</tr>')
+    return f"<table>{head}{''.join(rows)}</table>"
+
+
+def studies_note(studies: pd.DataFrame, current: str) -> str:
+    others = sorted(set(studies["study"]) - {current})
+    if not others:
+        return (
+            f"<p>Only this study ({esc(current)}) has been run in this folder. Run another data set "
+            "or model beside it, e.g. <code>snakemake --cores 4 --configfile config/mnist.yaml</code> "
+            "(real MNIST digits, a small 2-D CNN); its results go to their own folder and this table "
+            "then shows both.</p>"
+        )
+    return (
+        f"<p>Each column is a study run in this folder (<code>results/&lt;data&gt;-&lt;model&gt;/</code>): "
+        f"this report's, and {', '.join(esc(o) for o in others)}, each decided by the same rules on its "
+        "own measurements (its own report: rerun Snakemake with its config). A claim that holds on one "
+        "data set and not another is a finding, not an error.</p>"
+    )

@@ -2,7 +2,7 @@ rule aggregate:
     input:
         runs=[f"{d}/history.csv" for d in RUN_DIRS],
         summaries=[f"{d}/summary.json" for d in RUN_DIRS],
-        timing=expand("results/timing/bs{batch_size}.csv", batch_size=BATCH_SIZES),
+        timing=expand(f"{RESULTS}/timing/bs{{batch_size}}.csv", batch_size=BATCH_SIZES),
         probes=[
             f"{d}/{name}.csv"
             for d in PROBE_DIRS
@@ -25,9 +25,9 @@ rule aggregate:
     conda:
         ENV
     params:
-        sections=sections_json("data", "grid", "train"),
+        sections=sections_json("data", "model", "grid", "train"),
         out_dir=subpath(output.history, parent=True),
-        landscape=f"--landscape-dir results/landscape" if LANDSCAPE else "",
+        landscape=f"--landscape-dir {RESULTS}/landscape" if LANDSCAPE else "",
     shell:
         "batchscale aggregate --params {params.sections:q} --timing {input.timing}"
         " {params.landscape} --out-dir {params.out_dir} > {log} 2>&1"
@@ -43,6 +43,7 @@ rule claims:
         ),
         metrics="reports/metrics.json",
         comparison="reports/tables/article_comparison.csv",
+        study=f"{RESULTS}/claims.csv",
     log:
         "logs/claims.log",
     conda:
@@ -52,4 +53,4 @@ rule claims:
         tables=subpath(input.runs, parent=True),
     shell:
         "batchscale claims --params {params.sections:q} --tables {params.tables}"
-        " --out {output.claims} --metrics {output.metrics} > {log} 2>&1"
+        " --out {output.claims} --study-out {output.study} --metrics {output.metrics} > {log} 2>&1"

@@ -1,4 +1,5 @@
 # Helpers shared by the rules: validated parameters and the grid of runs.
+import glob
 import json
 import sys
 
@@ -12,12 +13,22 @@ except bs_config.ConfigError as exc:
     sys.exit(f"batchscale: invalid configuration: {exc}")
 
 PREPARED = bs_config.prepared_path(PARAMS)
+# This study's results (data set x model): results/<data>-<model>/{runs,probes,timing,...}
+STUDY = bs_config.study_name(PARAMS)
+RESULTS = bs_config.study_dir(PARAMS)
+# Claims of the other studies already run in this folder (another data set or model); the
+# report compares them with this one, and is redone when one of them changes.
+OTHER_STUDIES = sorted(
+    path
+    for path in glob.glob("results/*/claims.csv")
+    if path != f"{RESULTS}/claims.csv"
+)
 BATCH_SIZES = sorted(PARAMS["grid"]["batch_sizes"])
 RUN_DIRS = bs_config.run_dirs(PARAMS)
 PROBE_DIRS = bs_config.probe_dirs(PARAMS)
 LANDSCAPE_PAIR = bs_config.landscape_pair(PARAMS)
 LANDSCAPE = (
-    ["results/landscape/interpolation.csv", "results/landscape/contour.csv"]
+    [f"{RESULTS}/landscape/interpolation.csv", f"{RESULTS}/landscape/contour.csv"]
     if LANDSCAPE_PAIR
     else []
 )

@@ -3,14 +3,14 @@
 # gradient noise scale at the initial, best and final weights (McCandlish et al.).
 rule probe:
     input:
-        weights="results/runs/{run}/weights.pt",
+        weights=f"{RESULTS}/runs/{{run}}/weights.pt",
         data=PREPARED,
     output:
-        sharpness="results/probes/{run}/sharpness.csv",
-        slices="results/probes/{run}/slices.csv",
-        noise="results/probes/{run}/noise.csv",
+        sharpness=f"{RESULTS}/probes/{{run}}/sharpness.csv",
+        slices=f"{RESULTS}/probes/{{run}}/slices.csv",
+        noise=f"{RESULTS}/probes/{{run}}/noise.csv",
     log:
-        "logs/probe/{run}.log",
+        f"logs/{STUDY}/probe/{{run}}.log",
     conda:
         ENV
     threads: 1
@@ -36,10 +36,10 @@ if LANDSCAPE_PAIR:
             large=f"{LANDSCAPE_PAIR[1].run_dir}/weights.pt",
             data=PREPARED,
         output:
-            interpolation="results/landscape/interpolation.csv",
-            contour="results/landscape/contour.csv",
+            interpolation=f"{RESULTS}/landscape/interpolation.csv",
+            contour=f"{RESULTS}/landscape/contour.csv",
         log:
-            "logs/landscape.log",
+            f"logs/{STUDY}/landscape.log",
         conda:
             ENV
         threads: 1

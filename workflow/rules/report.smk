@@ -6,11 +6,13 @@ rule report:
         comparison=rules.claims.output.comparison,
         tables=rules.aggregate.output,
         prepared_info=rules.prepare_data.output.info,
+        # Every study run in this folder, this one first: which claims hold on which data set.
+        studies=[rules.claims.output.study, *OTHER_STUDIES],
     output:
         html=report(
             "reports/report.html", caption="../report/report.rst", category="Report"
         ),
-        executed="results/report/report.executed.ipynb",
+        executed=f"{RESULTS}/report/report.executed.ipynb",
     log:
         "logs/report.log",
     conda:
@@ -21,4 +23,4 @@ rule report:
     shell:
         "batchscale report --params {params.sections:q} --notebook {input.notebook}"
         " --tables {params.tables} --claims {input.claims} --executed {output.executed}"
-        " --data-info {input.prepared_info} --out {output.html} > {log} 2>&1"
+        " --data-info {input.prepared_info} --studies {input.studies} --out {output.html} > {log} 2>&1"

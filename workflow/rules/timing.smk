@@ -5,9 +5,9 @@ rule time_epochs:
     input:
         data=PREPARED,
     output:
-        "results/timing/bs{batch_size}.csv",
+        f"{RESULTS}/timing/bs{{batch_size}}.csv",
     log:
-        "logs/time_epochs/bs{batch_size}.log",
+        f"logs/{STUDY}/time_epochs/bs{{batch_size}}.log",
     conda:
         ENV
     # A function, read only when jobs are planned: `snakemake --unlock` (no --cores) still works.

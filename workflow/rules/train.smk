@@ -5,11 +5,11 @@ rule train:
     input:
         data=PREPARED,
     output:
-        history="results/runs/{run}/history.csv",
-        summary="results/runs/{run}/summary.json",
-        weights="results/runs/{run}/weights.pt",
+        history=f"{RESULTS}/runs/{{run}}/history.csv",
+        summary=f"{RESULTS}/runs/{{run}}/summary.json",
+        weights=f"{RESULTS}/runs/{{run}}/weights.pt",
     log:
-        "logs/train/{run}.log",
+        f"logs/{STUDY}/train/{{run}}.log",
     conda:
         ENV
     threads: 1
