@@ -231,6 +231,8 @@ def cmd_landscape(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
+    import torch
+
     from batchscale import bench, data, engine
     from batchscale.io import write_csv_atomic
 
@@ -250,7 +252,34 @@ def cmd_bench(args: argparse.Namespace) -> None:
         device=device,
     )
     print(bench.format_table(table))
+    if args.layouts_out:
+        layouts = _thread_layouts(params, dataset, device, torch_threads=torch.get_num_threads())
+        print(layouts.to_string(index=False, float_format=lambda v: f"{v:,.2f}"))
+        write_csv_atomic(Path(args.layouts_out), layouts)
     write_csv_atomic(Path(args.out), table)
+
+
+def _thread_layouts(params: dict, dataset, device, torch_threads: int):
+    """The study's model at each bench batch size: T jobs x 1 thread against 1 job x T threads.
+    Only on a CPU with 2 or more threads; an empty table otherwise (the report says why)."""
+    import pandas as pd
+
+    from batchscale import engine, thread_layout
+
+    if device.type != "cpu" or torch_threads < 2:
+        return pd.DataFrame(columns=thread_layout.COLUMNS)
+    seeds, train = params["train"]["seeds"], params["train"]
+    frames = [
+        thread_layout.compare_layouts(
+            params["model"],
+            dataset,
+            engine.TrainSpec(batch_size, list(seeds), [train["base_lr"]] * len(seeds), 1, train["momentum"]),
+            threads=torch_threads,
+            epochs=params["bench"]["repeats"],
+        )
+        for batch_size in params["bench"]["batch_sizes"]
+    ]
+    return pd.concat(frames, ignore_index=True)
 
 
 def cmd_aggregate(args: argparse.Namespace) -> None:
@@ -368,6 +397,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("bench", cmd_bench, "Time the naive loop and the engine; print ms per model-epoch and ratios.")
     p.add_argument("--data", required=True, help="prepared .npz data file")
     p.add_argument("--out", required=True, help="output CSV, e.g. reports/tables/bench.csv")
+    p.add_argument(
+        "--layouts-out",
+        help="also compare --threads jobs x 1 thread with 1 job x --threads threads (CPU only) and "
+        "write that table here, e.g. reports/tables/thread_layouts.csv",
+    )
     p.add_argument(
         "--threads", type=int, default=1, help="CPU threads for torch (capped at the CPUs available)"
     )

@@ -720,3 +720,29 @@ def studies_note(studies: pd.DataFrame, current: str) -> str:
         "own measurements (its own report: rerun Snakemake with its config). A claim that holds on one "
         "data set and not another is a finding, not an error.</p>"
     )
+
+
+def layouts_sentence(layouts: pd.DataFrame) -> str:
+    """Which way of spending the CPU's threads trained faster, as measured by the bench."""
+    if layouts.empty:
+        return (
+            "<p>Not measured: the comparison needs a CPU run with 2 or more threads "
+            "(<code>snakemake --cores 2</code> or more, or <code>batchscale bench --threads 2</code>).</p>"
+        )
+    side_by_side = layouts[layouts["layout"].str.endswith("x 1 thread")]
+    ratios = ", ".join(
+        f"{row.speedup_vs_one_job:.2f}x at batch size {row.batch_size}" for row in side_by_side.itertuples()
+    )
+    jobs, threads = int(layouts["jobs"].iloc[0]), int(layouts["threads"].iloc[0])
+    if (side_by_side["speedup_vs_one_job"] > 1).all():
+        conclusion = (
+            "faster; so each training job asks Snakemake for one thread, and the cores run jobs side by side"
+        )
+    else:
+        conclusion = "not always faster; on this machine a job may do as well with every thread"
+    return (
+        f"<p>The same work ({jobs} training jobs of the study's model) run as {jobs} jobs x 1 thread at "
+        f"once, against one job at a time with {threads} threads. Side by side is {ratios}: {conclusion}. "
+        "Small models leave a thread mostly idle between tiny kernels, so threads inside one job help "
+        "little.</p>"
+    )

@@ -3,7 +3,8 @@ rule bench:
     input:
         data=PREPARED,
     output:
-        "reports/tables/bench.csv",
+        bench="reports/tables/bench.csv",
+        layouts="reports/tables/thread_layouts.csv",
     log:
         "logs/bench.log",
     conda:
@@ -16,5 +17,5 @@ rule bench:
     params:
         sections=sections_json("data", "model", "train", "bench"),
     shell:
-        "batchscale bench --params {params.sections:q} --data {input.data} --out {output}"
-        " --threads {threads} > {log} 2>&1"
+        "batchscale bench --params {params.sections:q} --data {input.data} --out {output.bench}"
+        " --layouts-out {output.layouts} --threads {threads} > {log} 2>&1"

@@ -6,6 +6,7 @@ rule report:
         comparison=rules.claims.output.comparison,
         tables=rules.aggregate.output,
         prepared_info=rules.prepare_data.output.info,
+        bench=rules.bench.output,
         # Every study run in this folder, this one first: which claims hold on which data set.
         studies=[rules.claims.output.study, *OTHER_STUDIES],
     output:
