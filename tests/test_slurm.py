@@ -19,9 +19,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from slurm_cluster import MARKER, SlurmCluster, missing_binaries
 
 from conftest import ROOT, copy_project, run, tool_env
+from slurm_cluster import MARKER, SlurmCluster, missing_binaries
 
 pytestmark = pytest.mark.slow
 
