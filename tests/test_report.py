@@ -443,3 +443,29 @@ def test_lr_grid_marks_the_warmup_cells():
     grid = report.lr_grid(runs, warmup_epochs=5, base_lr=0.01)
     assert grid.count("5-epoch ramp") == 1 and "LR 0.01 → 0.08" in grid  # B=32 starts at the base LR
     assert "ramp" not in report.lr_grid(runs)
+
+
+def test_claims_of_every_study_are_set_side_by_side(tmp_path):
+    """Two studies' claims.csv (results/<data>-<model>/): one column each, this report's first,
+    each cell the study's own verdict and statistic."""
+    paths = []
+    studies = {"mnist1d-cnn1d": ("reproduced", 0.9), "mnist-cnn2d": ("not reproduced", -0.4)}
+    for study, (verdict, observed) in studies.items():
+        path = tmp_path / study / "claims.csv"
+        path.parent.mkdir()
+        claims_table = pd.DataFrame(
+            {"claim_id": ["C1", "C7"], "verdict": [verdict, "inconclusive"], "observed": [observed, 0.5],
+             "ci_low": [observed - 0.1, 0.1], "ci_high": [observed + 0.1, 0.9]}
+        )  # fmt: skip
+        claims_table.to_csv(path, index=False)
+        paths.append(path)
+    studies = report.read_studies(paths)
+    table = report.studies_table(studies, current="mnist-cnn2d")
+    header = table[: table.index("</tr>")]
+    assert header.index("mnist-cnn2d (this report)") < header.index("mnist1d-cnn1d")
+    c1 = re.search(r'<tr><td><a href="#C1">C1</a></td>(.*?)</tr>', table).group(1)
+    cells = re.findall(r"<td>(.*?)</td>", c1)
+    assert "not reproduced" in cells[0] and "-0.4" in cells[0]
+    assert ">reproduced<" in cells[1] and "0.9" in cells[1]
+    assert "mnist1d-cnn1d" in report.studies_note(studies, "mnist-cnn2d")
+    assert "Only this study" in report.studies_note(studies[studies["study"] == "mnist-cnn2d"], "mnist-cnn2d")
