@@ -228,6 +228,21 @@ def test_gradient_competition_is_one_for_identical_examples_and_matches_the_prob
     torch.testing.assert_close(ratio, torch.ones(2))
 
 
+def test_gradient_competition_in_chunks_equals_the_whole_batch_at_once(monkeypatch):
+    """Per-example gradients are taken in chunks to bound memory at large batch sizes; the
+    ratio must not depend on the chunk size."""
+    from batchscale import engine
+
+    data = tiny_dataset()
+    spec = TrainSpec(batch_size=32, seeds=[0, 1], lrs=[0.05, 0.05], epochs=1, momentum=0.9)
+    ensemble = Ensemble(MODELS[1], data, spec, torch.device("cpu"))
+    state = ensemble.fresh_state()
+    perms = ensemble.epoch_permutations(state)
+    whole = ensemble.grad_competition(state, perms)
+    monkeypatch.setattr(engine, "COMPETITION_CHUNK", 5)  # 32 = 6 chunks of 5 and one of 2
+    torch.testing.assert_close(ensemble.grad_competition(state, perms), whole, rtol=1e-5, atol=0)
+
+
 def test_a_diverged_member_is_frozen_where_it_stopped():
     data = tiny_dataset()
     spec = TrainSpec(batch_size=16, seeds=[0, 1], lrs=[0.05, 0.05], epochs=4, momentum=0.9)
