@@ -199,14 +199,20 @@ def test_warmup_run_matches_plain_sgd_with_the_same_ramp():
     assert lrs[0] == pytest.approx(0.01 + 0.07 * 3 / 4) and lrs[1] == pytest.approx(0.08)
 
 
+def competition_setup(model_params: dict, data: Dataset, batch_size: int):
+    """A fresh two-member ensemble and its first epoch's shuffles: what grad_competition reads."""
+    spec = TrainSpec(batch_size=batch_size, seeds=[0, 1], lrs=[0.05, 0.05], epochs=1, momentum=0.9)
+    ensemble = Ensemble(model_params, data, spec, torch.device("cpu"))
+    state = ensemble.fresh_state()
+    return ensemble, state, ensemble.epoch_permutations(state)
+
+
 def test_gradient_competition_is_one_for_identical_examples_and_matches_the_probe():
     from batchscale import probes
 
     data = tiny_dataset()
-    spec = TrainSpec(batch_size=8, seeds=[0, 1], lrs=[0.05, 0.05], epochs=1, momentum=0.9)
-    ensemble = Ensemble(MODELS[0], data, spec, torch.device("cpu"))
-    state = ensemble.fresh_state()
-    perms = ensemble.epoch_permutations(state)
+    ensemble, state, perms = competition_setup(MODELS[0], data, batch_size=8)
+    spec = ensemble.spec
     ratio = ensemble.grad_competition(state, perms)
     for member in range(2):
         idx = perms[member, : spec.batch_size]
@@ -233,11 +239,7 @@ def test_gradient_competition_in_chunks_equals_the_whole_batch_at_once(monkeypat
     ratio must not depend on the chunk size."""
     from batchscale import engine
 
-    data = tiny_dataset()
-    spec = TrainSpec(batch_size=32, seeds=[0, 1], lrs=[0.05, 0.05], epochs=1, momentum=0.9)
-    ensemble = Ensemble(MODELS[1], data, spec, torch.device("cpu"))
-    state = ensemble.fresh_state()
-    perms = ensemble.epoch_permutations(state)
+    ensemble, state, perms = competition_setup(MODELS[1], tiny_dataset(), batch_size=32)
     whole = ensemble.grad_competition(state, perms)
     monkeypatch.setattr(engine, "COMPETITION_CHUNK", 5)  # 32 = 6 chunks of 5 and one of 2
     torch.testing.assert_close(ensemble.grad_competition(state, perms), whole, rtol=1e-5, atol=0)

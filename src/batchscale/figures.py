@@ -775,11 +775,17 @@ def _from(table: str, column: str, what: str, draw: Callable[[pd.DataFrame], Fig
     return build
 
 
-def _rules_compared_file(tables: Tables, params: dict) -> Figure:
-    runs, history, train = tables["runs"], tables["history"], params["train"]
+def warmup_ramp_epochs(runs: pd.DataFrame, history: pd.DataFrame, train: dict) -> int | None:
+    """The warm-up epochs `rules_compared` shades: only when linear_warmup ran and its largest
+    batch size ramps at all (at the base batch size its LR is the base LR: no ramp)."""
     largest = int(history["batch_size"].max())
     ramps = "linear_warmup" in set(runs["rule"]) and largest != train["base_batch_size"]
-    return rules_compared(runs, history, train["warmup_epochs"] if ramps else None)
+    return train["warmup_epochs"] if ramps else None
+
+
+def _rules_compared_file(tables: Tables, params: dict) -> Figure:
+    runs, history = tables["runs"], tables["history"]
+    return rules_compared(runs, history, warmup_ramp_epochs(runs, history, params["train"]))
 
 
 def _steps_to_target_file(tables: Tables, params: dict) -> Figure:
