@@ -469,3 +469,9 @@ def test_claims_of_every_study_are_set_side_by_side(tmp_path):
     assert ">reproduced<" in cells[1] and "0.9" in cells[1]
     assert "mnist1d-cnn1d" in report.studies_note(studies, "mnist-cnn2d")
     assert "Only this study" in report.studies_note(studies[studies["study"] == "mnist-cnn2d"], "mnist-cnn2d")
+
+
+def test_empty_settings_are_left_out_of_the_setup_lists():
+    listed = report.definition_list({"data set": "mnist1d", "path": "", "seed": 42, "note": None})
+    assert "data set" in listed and "seed" in listed
+    assert "path" not in listed and "note" not in listed

@@ -320,8 +320,9 @@ def key_values(pairs: list[tuple[str, str]]) -> str:
 
 
 def definition_list(items: dict) -> str:
-    """Key/value pairs as label/value rows; values are escaped, missing ones left out."""
-    return key_values([(str(k), esc(v)) for k, v in items.items() if not is_missing(v)])
+    """Key/value pairs as label/value rows; values are escaped, missing or empty ones (such as
+    data.path, which only the npz data set uses) left out."""
+    return key_values([(str(k), esc(v)) for k, v in items.items() if not is_missing(v) and v != ""])
 
 
 def lr_grid(runs: pd.DataFrame, warmup_epochs: int = 0, base_lr: float | None = None) -> str:
