@@ -42,6 +42,7 @@ JOB_HEADER = re.compile(r"^(local)?rule (\w+):$", re.MULTILINE)
 
 @pytest.fixture(scope="module")
 def slurm():
+    pytest.importorskip("snakemake_executor_plugin_slurm", reason="the slurm extra is not installed")
     missing = missing_binaries()
     if missing:
         pytest.skip(
