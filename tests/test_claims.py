@@ -131,8 +131,22 @@ def test_probe_claims_are_not_tested_without_probe_measurements():
 def test_a_claim_with_two_parts_fails_when_one_part_fails():
     runs = synthetic_runs(+1)
     runs["eps_sharpness_best"] = runs["eps_sharpness_best"].max() - runs["eps_sharpness_best"]  # reversed
-    v = verdicts(claims.decide_all(runs, synthetic_timing(+1), PARAMS))
-    assert v["C5"] == "not reproduced"
+    table = claims.decide_all(runs, synthetic_timing(+1), PARAMS).set_index("claim_id")
+    assert table.loc["C5", "verdict"] == "not reproduced"
+    # Every part's statistic is in the row, not just the first part's (which still holds).
+    hessian, epsilon = table.loc["C5", "parts"].split(" | ")
+    assert hessian.endswith("(reproduced)") and epsilon.endswith("(not reproduced)")
+    assert "none: " in table.loc["C9", "parts"] and "linear: " in table.loc["C9", "parts"]
+    assert table.loc["C2", "parts"] == ""  # one statistic: no parts
+
+
+def test_the_claims_table_shows_every_part_of_a_compound_claim():
+    from batchscale import report
+
+    table = claims.decide_all(synthetic_runs(+1), synthetic_timing(+1), PARAMS)
+    html = report.claims_table(table, 0.95)
+    c5 = html[html.index('href="#C5"') : html.index('href="#C6"')]
+    assert c5.count("(reproduced)") == 2 and "<br>" in c5
 
 
 def test_claims_that_rest_on_diverged_runs_say_so():

@@ -19,7 +19,7 @@ from batchscale.stats import Estimate
 
 COLUMNS = [
     "claim_id", "claim", "metric", "expected", "observed", "ci_low", "ci_high",
-    "n_seeds", "verdict", "rule", "article", "summary",
+    "n_seeds", "verdict", "rule", "article", "summary", "parts",
 ]  # fmt: skip
 
 TREND_RULE = (
@@ -63,6 +63,9 @@ class ClaimResult:
     rule: str = ""
     article: str = ""
     summary: str = ""
+    # A claim resting on several statistics: each one's estimate and verdict ("a | b"); the
+    # observed/ci columns hold the first part only.
+    parts: str = ""
 
 
 @dataclass(frozen=True)
@@ -175,16 +178,19 @@ def trend_parts_claim(
         what = f"no measurements of {', '.join(missing)}" if missing else f"no runs with LR rule '{rule}'"
         result.summary = f"Not tested: {what}."
         return result
-    verdicts, pieces = [], []
+    verdicts, pieces, estimates = [], [], []
     for part in parts:
         table = _by_seed(runs, rule, part.metric)
         est, verdict, _ = _decide_trend(table, part.sign, settings)
         verdicts.append(verdict)
         means = ", ".join(f"B={b}: {v:.3g}" for b, v in table.mean().items())
         pieces.append(f"{part.text} {means}; rho = {_fmt(est)} ({verdict})")
+        estimates.append(f"{part.text}: {_fmt(est)} ({verdict})")
         if part is first:
             _record(result, est, table)
     result.verdict = stats.combine(verdicts)
+    if len(parts) > 1:
+        result.parts = " | ".join(estimates)
     result.summary = "Mean over seeds: " + " | ".join(pieces) + "."
     return result
 
@@ -345,6 +351,7 @@ def wallclock_claim(runs: pd.DataFrame, settings: Settings) -> ClaimResult:
     est, _, table = parts["linear"]
     _record(result, est, table)
     result.verdict = stats.combine([parts["none"][1], parts["linear"][1]])
+    result.parts = " | ".join(f"{rule}: {_fmt(est_r)} ({verdict_r})" for rule, (est_r, verdict_r, _) in parts.items())
     pieces = []
     for rule, (est_r, verdict_r, table_r) in parts.items():
         means = ", ".join(f"B={b}: {v:.1f}s" for b, v in table_r.mean().items())

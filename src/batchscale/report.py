@@ -287,6 +287,14 @@ def verdict_badge(verdict: str) -> str:
     return f'<span class="bs-verdict" style="color:{text};background:{background}">{esc(verdict)}</span>'
 
 
+def observed_cell(claim) -> str:
+    """The estimate with its CI; for a claim of several parts, every part's, one per line."""
+    parts = getattr(claim, "parts", "")
+    if is_missing(parts) or not parts:
+        return esc(fmt_estimate(claim.observed, claim.ci_low, claim.ci_high))
+    return "<br>".join(esc(part.strip()) for part in parts.split(" | "))
+
+
 def claims_table(claims: pd.DataFrame, confidence: float) -> str:
     """The summary table at the top: one row per claim, linked to its section."""
     rows = []
@@ -296,7 +304,7 @@ def claims_table(claims: pd.DataFrame, confidence: float) -> str:
         rows.append(
             f'<tr><td><a href="#{esc(c.claim_id)}">{esc(c.claim_id)}</a></td><td>{esc(c.claim)}</td>'
             f"<td>{esc(c.metric)}</td><td>{expected}</td>"
-            f'<td class="num">{esc(fmt_estimate(c.observed, c.ci_low, c.ci_high))}</td>'
+            f'<td class="num">{observed_cell(c)}</td>'
             f'<td class="num">{int(c.n_seeds) if not is_missing(c.n_seeds) else "–"}</td>'
             f"<td>{verdict_badge(c.verdict)}</td><td>{article}</td></tr>"
         )
