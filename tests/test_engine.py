@@ -53,12 +53,13 @@ def tiny_dataset(seed: int = 0, features: int = 12) -> Dataset:
 
 
 def plain_sgd_run(
-    model_params, data: Dataset, seed: int, lr: float, batch_size: int, epochs: int, momentum: float
+    model_params, data: Dataset, seed: int, lr: float, batch_size: int, epochs: int, momentum: float,
+    weight_decay: float = 0.0,
 ):
     """The reference: one model, torch.optim.SGD, the same shuffling stream as the engine."""
     torch.manual_seed(seed)
     model = build_model(model_params, data.in_features, data.num_classes)
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     gen = torch.Generator().manual_seed(seed)
     n = len(data.x_train)
     running_losses = []
@@ -78,17 +79,23 @@ def plain_sgd_run(
     return dict(model.named_parameters()), val_loss, running_losses
 
 
+STRATEGIES = pytest.mark.parametrize("strategy", ["vmap", "loop"])
+
+
+@STRATEGIES
 @pytest.mark.parametrize("model_params", [*MODELS, {"name": "cnn2d", "channels": 3}], ids=lambda m: m["name"])
-def test_member_k_equals_plain_run_with_seed_k(model_params):
+def test_member_k_equals_plain_run_with_seed_k(model_params, strategy):
     data = tiny_dataset(features=16)  # 16 = a 4 x 4 image for cnn2d
     # Different LRs per member, and a batch size that leaves a short last batch (64 = 2*24 + 16).
-    spec = TrainSpec(batch_size=24, seeds=[3, 7], lrs=[0.05, 0.02], epochs=3, momentum=0.9)
+    spec = TrainSpec(
+        batch_size=24, seeds=[3, 7], lrs=[0.05, 0.02], epochs=3, momentum=0.9, weight_decay=0.01, strategy=strategy
+    )
     ensemble = Ensemble(model_params, data, spec, torch.device("cpu"))
     state = train(ensemble, progress=silent())
     last = {r["seed"]: r for r in state.history if r["epoch"] == spec.epochs}
     for member, (seed, lr) in enumerate(zip(spec.seeds, spec.lrs, strict=True)):
         params, val_loss, train_losses = plain_sgd_run(
-            model_params, data, seed, lr, spec.batch_size, spec.epochs, 0.9
+            model_params, data, seed, lr, spec.batch_size, spec.epochs, 0.9, weight_decay=0.01
         )
         for name, tensor in params.items():
             torch.testing.assert_close(state.params[name][member], tensor.detach(), rtol=1e-5, atol=1e-6)
@@ -245,9 +252,10 @@ def test_gradient_competition_in_chunks_equals_the_whole_batch_at_once(monkeypat
     torch.testing.assert_close(ensemble.grad_competition(state, perms), whole, rtol=1e-5, atol=0)
 
 
-def test_a_diverged_member_is_frozen_where_it_stopped():
+@STRATEGIES
+def test_a_diverged_member_is_frozen_where_it_stopped(strategy):
     data = tiny_dataset()
-    spec = TrainSpec(batch_size=16, seeds=[0, 1], lrs=[0.05, 0.05], epochs=4, momentum=0.9)
+    spec = TrainSpec(batch_size=16, seeds=[0, 1], lrs=[0.05, 0.05], epochs=4, momentum=0.9, strategy=strategy)
     ensemble = Ensemble(MODELS[0], data, spec, torch.device("cpu"))
     state = ensemble.fresh_state()
     # Member 1 has diverged, and its weights are so large that its logits overflow: its
@@ -260,3 +268,16 @@ def test_a_diverged_member_is_frozen_where_it_stopped():
     for name, tensor in frozen.items():
         torch.testing.assert_close(state.params[name][1], tensor)
     assert not torch.equal(state.params["net.0.weight"][0], healthy["net.0.weight"])  # member 0 trains
+
+
+def test_auto_strategy_loops_over_members_only_for_conv_nets_on_a_cpu_at_larger_batches():
+    from batchscale.engine import LOOP_FROM_BATCH, resolve_strategy
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    cnn, mlp = build_model(MODELS[1], 12, 3), build_model(MODELS[0], 12, 3)
+    assert resolve_strategy("auto", cnn, 8, LOOP_FROM_BATCH, cpu) == "loop"
+    assert resolve_strategy("auto", cnn, 8, LOOP_FROM_BATCH - 1, cpu) == "vmap"
+    assert resolve_strategy("auto", cnn, 8, 4096, cuda) == "vmap"
+    assert resolve_strategy("auto", mlp, 8, 4096, cpu) == "vmap"
+    assert resolve_strategy("auto", mlp, 1, 32, cpu) == "loop"  # one member: nothing to batch
+    assert resolve_strategy("vmap", cnn, 8, 4096, cpu) == "vmap"  # an explicit choice stands

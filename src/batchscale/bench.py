@@ -67,6 +67,12 @@ def engine_epoch_fn(model_params: dict, data: Dataset, spec: engine.TrainSpec, d
     return lambda: ensemble.train_epoch(state, ensemble.epoch_permutations(state))
 
 
+def auto_strategy(model_params: dict, data: Dataset, members: int, batch_size: int, device) -> str:
+    """The strategy `train.ensemble: auto` picks for this setup."""
+    model = build_model(model_params, data.in_features, data.num_classes)
+    return engine.resolve_strategy("auto", model, members, batch_size, device)
+
+
 def flops_per_epoch(model_params: dict, data: Dataset, batch_size: int) -> float:
     """Forward + backward FLOPs of one model over one epoch (torch's FLOP counter)."""
     model = build_model(model_params, data.in_features, data.num_classes)
@@ -104,17 +110,26 @@ def benchmark(
                 "naive loop (DataLoader, torch.optim.SGD)": (
                     naive_epoch_fn(model_params, data, batch_size, lr, momentum, device),
                     1,
+                    "",
                 ),
             }
-            for m in sorted({1, members}):
-                spec = engine.TrainSpec(batch_size, list(range(m)), [lr] * m, 1, momentum)
-                variants[f"engine, {m} member{'s' if m > 1 else ''}"] = (
-                    engine_epoch_fn(model_params, data, spec, device),
-                    m,
-                )
+            spec = engine.TrainSpec(batch_size, [0], [lr], 1, momentum)
+            variants["engine, 1 member"] = (engine_epoch_fn(model_params, data, spec, device), 1, "loop")
+            if members > 1:
+                # Both ways of training the members together; auto_choice says which one
+                # `train.ensemble: auto` takes for this model, batch size and device.
+                for strategy in engine.STRATEGIES:
+                    spec = engine.TrainSpec(batch_size, list(range(members)), [lr] * members, 1, momentum,
+                                            strategy=strategy)  # fmt: skip
+                    variants[f"engine, {members} members, {strategy}"] = (
+                        engine_epoch_fn(model_params, data, spec, device),
+                        members,
+                        strategy,
+                    )
+            auto = auto_strategy(model_params, data, members, batch_size, device)
             floor_ms = 1000 * flops_per_epoch(model_params, data, batch_size) / rate
             baseline = None
-            for variant, (run_epoch, m) in variants.items():
+            for variant, (run_epoch, m, strategy) in variants.items():
                 ms = 1000 * median_seconds(run_epoch, repeats, device) / m
                 baseline = baseline or ms
                 rows.append(
@@ -123,6 +138,8 @@ def benchmark(
                         "batch_size": batch_size,
                         "variant": variant,
                         "members": m,
+                        "ensemble": strategy,
+                        "auto_choice": m == members and strategy == auto,
                         "device": str(device),
                         "threads": torch.get_num_threads(),
                         "ms_per_model_epoch": ms,
@@ -137,5 +154,7 @@ def benchmark(
 def format_table(table: pd.DataFrame) -> str:
     """The fixed-width table `batchscale bench` prints."""
     shown = table[["model", "batch_size", "variant", "ms_per_model_epoch", "examples_per_s",
-                   "speedup_vs_naive", "flop_floor_ms"]]  # fmt: skip
-    return shown.to_string(index=False, float_format=lambda v: f"{v:,.2f}")
+                   "speedup_vs_naive", "flop_floor_ms"]].copy()  # fmt: skip
+    # A star marks the way the study's training jobs run (train.ensemble: auto).
+    shown["variant"] = [v + (" *" if auto else "") for v, auto in zip(table["variant"], table["auto_choice"])]
+    return shown.to_string(index=False, float_format=lambda v: f"{v:,.2f}") + "\n* what train.ensemble: auto runs"

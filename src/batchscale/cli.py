@@ -86,8 +86,9 @@ def _set_threads(threads: int) -> None:
 
 
 def run_identity(params: dict, data_sha: str, lr: float, batch_size: int, warmup_epochs: int) -> str:
-    """Hash of everything that determines a run's numbers (device and timings aside)."""
-    train = {k: v for k, v in params["train"].items() if k != "device"}
+    """Hash of everything that determines a run's numbers (device, ensemble strategy and
+    timings aside: they change float rounding, not the maths)."""
+    train = {k: v for k, v in params["train"].items() if k not in ("device", "ensemble")}
     key = {"data": data_sha, "model": params["model"], "train": train, "lr": lr, "batch_size": batch_size}
     if warmup_epochs:
         key["warmup_epochs"] = warmup_epochs
@@ -120,6 +121,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         weight_decay=train["weight_decay"],
         warmup_epochs=args.warmup_epochs,
         warmup_start_lr=train["base_lr"],
+        strategy=train["ensemble"],
     )
     device = engine.resolve_device(train["device"])
     out = Path(args.out_dir)
@@ -143,6 +145,7 @@ def cmd_train(args: argparse.Namespace) -> None:
             "lr": lr,
             "seeds": spec.seeds,
             "device": str(device),
+            "ensemble": ensemble.strategy,
             "threads": args.threads,
             "train_seconds": time.perf_counter() - started,
             **peak_memory_mb(device),
