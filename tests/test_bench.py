@@ -39,15 +39,15 @@ def test_benchmark_table_has_every_variant_with_ratios_against_the_naive_loop():
         momentum=0.9,
         device=torch.device("cpu"),
     )
-    assert list(table["members"]) == [1, 1, 3, 3]
-    assert list(table["ensemble"]) == ["", "loop", "vmap", "loop"]
+    assert list(table["members"]) == [1, 1, 3, 3, 3]
+    assert list(table["ensemble"]) == ["", "loop", "packed", "vmap", "loop"]
     assert table["speedup_vs_naive"].iloc[0] == 1.0
     naive = table["ms_per_model_epoch"].iloc[0]
     assert (table["speedup_vs_naive"] == naive / table["ms_per_model_epoch"]).all()
-    # auto picks vmap for an MLP: exactly that row is starred.
-    assert list(table["auto_choice"]) == [False, False, True, False]
+    # auto packs a small MLP: exactly that row is starred.
+    assert list(table["auto_choice"]) == [False, False, True, False, False]
     printed = bench.format_table(table)
-    assert "engine, 3 members, vmap *" in printed and "engine, 3 members, loop *" not in printed
+    assert "engine, 3 members, packed *" in printed and "engine, 3 members, vmap *" not in printed
 
 
 def test_thread_layouts_time_the_same_work_both_ways():

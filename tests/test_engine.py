@@ -79,7 +79,7 @@ def plain_sgd_run(
     return dict(model.named_parameters()), val_loss, running_losses
 
 
-STRATEGIES = pytest.mark.parametrize("strategy", ["vmap", "loop"])
+STRATEGIES = pytest.mark.parametrize("strategy", ["packed", "vmap", "loop"])
 
 
 @STRATEGIES
@@ -241,15 +241,25 @@ def test_gradient_competition_is_one_for_identical_examples_and_matches_the_prob
     torch.testing.assert_close(ratio, torch.ones(2))
 
 
-def test_gradient_competition_in_chunks_equals_the_whole_batch_at_once(monkeypatch):
-    """Per-example gradients are taken in chunks to bound memory at large batch sizes; the
-    ratio must not depend on the chunk size."""
-    from batchscale import engine
+@STRATEGIES
+def test_gradient_competition_of_a_large_batch_samples_only_the_per_example_norms(monkeypatch, strategy):
+    """Above COMPETITION_SAMPLE examples, the numerator is still the whole batch's gradient;
+    only the mean per-example norm comes from the batch's first examples."""
+    from batchscale import engine, probes
 
-    ensemble, state, perms = competition_setup(MODELS[1], tiny_dataset(), batch_size=32)
-    whole = ensemble.grad_competition(state, perms)
-    monkeypatch.setattr(engine, "COMPETITION_CHUNK", 5)  # 32 = 6 chunks of 5 and one of 2
-    torch.testing.assert_close(ensemble.grad_competition(state, perms), whole, rtol=1e-5, atol=0)
+    monkeypatch.setattr(engine, "COMPETITION_SAMPLE", 5)
+    data = tiny_dataset()
+    spec = TrainSpec(batch_size=32, seeds=[0, 1], lrs=[0.05, 0.05], epochs=1, momentum=0.9, strategy=strategy)
+    ensemble = Ensemble(MODELS[1], data, spec, torch.device("cpu"))
+    state = ensemble.fresh_state()
+    perms = ensemble.epoch_permutations(state)
+    ratio = ensemble.grad_competition(state, perms)
+    for member in range(2):
+        params = probes.member_params(state.params, member)
+        idx = perms[member, :32]
+        per_example = probes.per_example_gradients(ensemble.base, params, {}, data.x_train[idx], data.y_train[idx])
+        expected = per_example.mean(0).norm() / per_example[:5].norm(dim=1).mean()
+        assert ratio[member].item() == pytest.approx(expected.item(), rel=1e-4)
 
 
 @STRATEGIES
@@ -270,14 +280,29 @@ def test_a_diverged_member_is_frozen_where_it_stopped(strategy):
     assert not torch.equal(state.params["net.0.weight"][0], healthy["net.0.weight"])  # member 0 trains
 
 
-def test_auto_strategy_loops_over_members_only_for_conv_nets_on_a_cpu_at_larger_batches():
-    from batchscale.engine import LOOP_FROM_BATCH, resolve_strategy
+def test_auto_strategy_packs_members_unless_their_activations_outgrow_a_cpu_cache(monkeypatch):
+    from batchscale import engine
+    from batchscale.engine import resolve_strategy
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    example = torch.zeros(12)
     cnn, mlp = build_model(MODELS[1], 12, 3), build_model(MODELS[0], 12, 3)
-    assert resolve_strategy("auto", cnn, 8, LOOP_FROM_BATCH, cpu) == "loop"
-    assert resolve_strategy("auto", cnn, 8, LOOP_FROM_BATCH - 1, cpu) == "vmap"
-    assert resolve_strategy("auto", cnn, 8, 4096, cuda) == "vmap"
-    assert resolve_strategy("auto", mlp, 8, 4096, cpu) == "vmap"
-    assert resolve_strategy("auto", mlp, 1, 32, cpu) == "loop"  # one member: nothing to batch
-    assert resolve_strategy("vmap", cnn, 8, 4096, cpu) == "vmap"  # an explicit choice stands
+    # cnn1d with 4 channels on 12 inputs: its widest layer holds 4 x 5 values per example.
+    assert engine.widest_activation(cnn, example) == 20
+    per_example = 8 * 20 * 4  # members x values x bytes
+    monkeypatch.setattr(engine, "PACKED_CACHE_BYTES", 64 * per_example)
+    assert resolve_strategy("auto", cnn, 8, 64, cpu, example) == "packed"
+    assert resolve_strategy("auto", cnn, 8, 65, cpu, example) == "loop"
+    assert resolve_strategy("auto", cnn, 8, 4096, cuda, example) == "packed"  # no such cache limit on a GPU
+    assert resolve_strategy("auto", mlp, 1, 32, cpu, example) == "loop"  # one member: nothing to batch
+    assert resolve_strategy("vmap", cnn, 8, 4096, cpu, example) == "vmap"  # an explicit choice stands
+
+
+def test_a_model_without_a_packed_form_trains_by_vmap_and_refuses_packed():
+    from batchscale.engine import resolve_strategy
+
+    model = torch.nn.Sequential(torch.nn.Linear(12, 3))
+    example = torch.zeros(12)
+    assert resolve_strategy("auto", model, 8, 32, torch.device("cpu"), example) == "vmap"
+    with pytest.raises(ValueError, match="train.ensemble"):
+        resolve_strategy("packed", model, 8, 32, torch.device("cpu"), example)

@@ -70,7 +70,7 @@ def engine_epoch_fn(model_params: dict, data: Dataset, spec: engine.TrainSpec, d
 def auto_strategy(model_params: dict, data: Dataset, members: int, batch_size: int, device) -> str:
     """The strategy `train.ensemble: auto` picks for this setup."""
     model = build_model(model_params, data.in_features, data.num_classes)
-    return engine.resolve_strategy("auto", model, members, batch_size, device)
+    return engine.resolve_strategy("auto", model, members, batch_size, device, data.x_train[0])
 
 
 def flops_per_epoch(model_params: dict, data: Dataset, batch_size: int) -> float:

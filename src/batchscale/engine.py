@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, grad_and_value, stack_module_state, vmap
 
+from batchscale import packed
 from batchscale.data import Dataset
 from batchscale.io import load_torch, save_torch_atomic
 from batchscale.models import build_model
@@ -27,14 +28,15 @@ from batchscale.progress import EpochProgress
 from batchscale.scaling import warmup_fraction
 
 CHECKPOINT_VERSION = 1
-# Examples per chunk of per-example gradients (grad_competition): bounds their memory.
-COMPETITION_CHUNK = 256
+# Examples whose per-example gradient norms grad_competition averages (the batch's first).
+COMPETITION_SAMPLE = 32
 EVAL_CHUNK = 8192  # examples per forward pass when evaluating, to bound memory
-# On a CPU, conv nets train one member at a time from this batch size on (resolve_strategy).
-LOOP_FROM_BATCH = 64
+# On a CPU, members train one at a time when a packed layer's activations outgrow this
+# (resolve_strategy): a few MiB, the L2/L3 cache a core can count on.
+PACKED_CACHE_BYTES = 4 * 2**20
 
 
-STRATEGIES = ("vmap", "loop")
+STRATEGIES = ("packed", "vmap", "loop")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -44,29 +46,55 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def has_convolutions(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
+def can_pack(model: nn.Module) -> bool:
+    """Whether the model has a packed form (models.py) and no buffers it would have to carry."""
+    return hasattr(model, "forward_packed") and not list(model.buffers())
 
 
-def resolve_strategy(name: str, model: nn.Module, members: int, batch_size: int, device: torch.device) -> str:
-    """How the members' gradients are computed: `vmap` (one batched call for all members) or
-    `loop` (one member after another, plain autograd). The maths is the same; only speed and
-    float rounding differ.
+def widest_activation(model: nn.Module, example: torch.Tensor) -> int:
+    """Values per example in the model's largest layer output (one example through it)."""
+    sizes = []
+    hooks = [m.register_forward_hook(lambda _m, _i, out: sizes.append(out[0].numel())) for m in model.modules()]
+    try:
+        with torch.no_grad():
+            model(example.unsqueeze(0))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return max(sizes)
 
-    `auto` picks from what was measured (docs/decisions.md, "vmap or a loop over members"):
-    vmap everywhere on a GPU and for fully connected nets, whose stacked layers become one
-    batched matrix multiply; but on a CPU, vmap turns a convolution into a grouped one, which
-    oneDNN runs at about half the speed of the same convolutions one member at a time once
-    the batch holds 64 examples or more (cnn1d, 8 members, B=256: 25.8 against 11.7 ms per
-    step). The choice depends only on the setup, never on a timing, so a rerun repeats it.
+
+def resolve_strategy(
+    name: str, model: nn.Module, members: int, batch_size: int, device: torch.device, example: torch.Tensor
+) -> str:
+    """How the members' gradients are computed; the maths is the same, only speed, memory and
+    float rounding differ:
+
+    - `packed`: all members as one wide model (packed.py): grouped convolutions and batched
+      matrix multiplies, plain autograd;
+    - `vmap`: `torch.func.vmap` over a functional call of the model: any module at all;
+    - `loop`: one member after another: the least memory at once.
+
+    `auto` follows what was measured (docs/decisions.md, "How the members train together"):
+    packed wherever the model has a packed form, except on a CPU when one packed layer of all
+    members' activations outgrows the cache (PACKED_CACHE_BYTES): then the loop, whose
+    per-member activations stay in cache, is faster (cnn1d, 8 members, B=256: 14 against
+    17-20 ms per step). The choice depends only on the setup, never on a timing, so a rerun
+    repeats it.
     """
+    if name == "packed" and not can_pack(model):
+        raise ValueError(f"train.ensemble: {type(model).__name__} has no packed form; use vmap or loop")
     if name != "auto":
         return name
     if members == 1:
         return "loop"
-    if device.type == "cpu" and has_convolutions(model) and batch_size >= LOOP_FROM_BATCH:
-        return "loop"
-    return "vmap"
+    if not can_pack(model):
+        return "vmap"
+    if device.type == "cpu":
+        packed_bytes = members * batch_size * widest_activation(model, example) * example.element_size()
+        if packed_bytes > PACKED_CACHE_BYTES:
+            return "loop"
+    return "packed"
 
 
 @dataclass(frozen=True)
@@ -135,7 +163,11 @@ class Ensemble:
         # functional_call needs only the module's structure: keep a weightless copy.
         self.base: nn.Module = copy.deepcopy(models[0]).to("meta")
         self.peak_lrs = torch.tensor(spec.lrs, dtype=torch.float32, device=device)
-        self.strategy = resolve_strategy(spec.strategy, models[0], len(models), spec.batch_size, device)
+        example = data.x_train[0]
+        self.strategy = resolve_strategy(spec.strategy, models[0], len(models), spec.batch_size, device, example)
+        # Evaluation passes whole data sets, a far larger batch than training's.
+        eval_batch = min(len(data.x_val), EVAL_CHUNK)
+        self.eval_strategy = resolve_strategy(spec.strategy, models[0], len(models), eval_batch, device, example)
         self._vmapped_grads = vmap(grad_and_value(self._loss))
         # Per-example gradients of every member: members outside, examples inside.
         self._per_example_grads = vmap(vmap(grad(self._example_loss), in_dims=(None, None, 0, 0)))
@@ -165,6 +197,12 @@ class Ensemble:
         `params`, and the (members,) losses."""
         if self.strategy == "vmap":
             return self._vmapped_grads(params, buffers, x, y)
+        if self.strategy == "packed":
+            leaves = {name: p.detach().requires_grad_() for name, p in params.items()}
+            with torch.enable_grad():
+                losses = packed.member_losses(self.base.forward_packed(leaves, x), y)
+                grads = torch.autograd.grad(losses.sum(), list(leaves.values()))
+            return dict(zip(leaves, grads)), losses.detach()
         # One autograd graph with a leaf per member and parameter (views, no copies): the
         # gradient of the summed losses with respect to member m's leaves is member m's own.
         leaves = [{name: p[m].detach().requires_grad_() for name, p in params.items()} for m in range(self.members)]
@@ -180,8 +218,10 @@ class Ensemble:
         return grads, losses.detach()
 
     def _eval_chunk(self, params, buffers, x, y) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.strategy == "vmap":
+        if self.eval_strategy == "vmap":
             return self._vmapped_eval(params, buffers, x, y)
+        if self.eval_strategy == "packed":
+            return packed.member_sums(self.base.forward_packed(params, x.expand(self.members, *x.shape)), y)
         sums = [self._eval_sums(self._member(params, m), self._member(buffers, m), x, y) for m in range(self.members)]
         return torch.stack([s[0] for s in sums]), torch.stack([s[1] for s in sums])
 
@@ -238,21 +278,20 @@ class Ensemble:
         batch, at the weights the epoch starts from: 1 when the examples' gradients agree,
         1/sqrt(B) when they are orthogonal (C10's "gradients compete inside a batch").
 
-        Per-example gradients are taken COMPETITION_CHUNK examples at a time, so memory stays
-        bounded at any batch size (all of them at once: about 1 GB for 8 members at B=4000).
+        The numerator is the batch gradient itself (one ordinary backward pass). The
+        denominator, an average of per-example norms, does not grow with B, so it is estimated
+        on the batch's first COMPETITION_SAMPLE examples (all of them in smaller batches):
+        per-example gradients of every example cost about 0.1 s per epoch at B=256 and 1 GB
+        of memory at B=4000, more than the training step itself.
         """
         idx = perms[:, : self.spec.batch_size]
-        grad_sum = torch.zeros((), device=self.device)
-        norm_sum = torch.zeros((), device=self.device)
-        for start in range(0, idx.shape[1], COMPETITION_CHUNK):
-            chunk = idx[:, start : start + COMPETITION_CHUNK]
-            x, y = self.data.x_train[chunk], self.data.y_train[chunk]
-            grads = self._per_example_grads(state.params, state.buffers, x, y)
-            flat = torch.cat([g.flatten(2) for g in grads.values()], dim=2)  # members, examples, weights
-            grad_sum = grad_sum + flat.sum(1)
-            norm_sum = norm_sum + flat.norm(dim=2).sum(1)
-        examples = idx.shape[1]
-        return (grad_sum / examples).norm(dim=1) / (norm_sum / examples)
+        x, y = self.data.x_train[idx], self.data.y_train[idx]
+        batch_grads, _ = self.member_grads(state.params, state.buffers, x, y)
+        mean_grad = torch.cat([g.flatten(1) for g in batch_grads.values()], dim=1).norm(dim=1)
+        sample = idx[:, :COMPETITION_SAMPLE]
+        grads = self._per_example_grads(state.params, state.buffers, self.data.x_train[sample], self.data.y_train[sample])
+        flat = torch.cat([g.flatten(2) for g in grads.values()], dim=2)  # members, examples, weights
+        return mean_grad / flat.norm(dim=2).mean(1)
 
     @torch.no_grad()
     def train_epoch(self, state: EnsembleState, perms: torch.Tensor) -> torch.Tensor:

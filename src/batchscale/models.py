@@ -8,6 +8,8 @@ import math
 import torch
 from torch import nn
 
+from batchscale import packed
+
 
 class MLP(nn.Module):
     """Fully connected ReLU network: input -> hidden layers -> class logits."""
@@ -23,6 +25,10 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x.flatten(1))
+
+    def forward_packed(self, params: packed.Params, x: torch.Tensor) -> torch.Tensor:
+        """Every member at once (see packed.py): x (M, batch, ...) -> (M, batch, classes)."""
+        return packed.sequential(x.flatten(2), self.net, params, "net")
 
 
 class CNN1d(nn.Module):
@@ -44,6 +50,13 @@ class CNN1d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.convs(x.unsqueeze(-2)).flatten(1))
+
+    def forward_packed(self, params: packed.Params, x: torch.Tensor) -> torch.Tensor:
+        """Every member at once: x (M, batch, length) -> (M, batch, classes)."""
+        members, batch, length = x.shape
+        h = packed.fold_images(x.view(members, batch, 1, 1, length))
+        h = packed.sequential(h, self.convs, params, "convs")
+        return packed.linear(packed.unfold_flat(h, members), params["head.weight"], params["head.bias"])
 
 
 class CNN2d(nn.Module):
@@ -67,6 +80,13 @@ class CNN2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         images = x.reshape(x.shape[0], 1, self.side, self.side)
         return self.head(self.convs(images).flatten(1))
+
+    def forward_packed(self, params: packed.Params, x: torch.Tensor) -> torch.Tensor:
+        """Every member at once: x (M, batch, side**2 or side x side) -> (M, batch, classes)."""
+        members, batch = x.shape[:2]
+        h = packed.fold_images(x.reshape(members, batch, 1, self.side, self.side))
+        h = packed.sequential(h, self.convs, params, "convs")
+        return packed.linear(packed.unfold_flat(h, members), params["head.weight"], params["head.bias"])
 
 
 def build_model(model_params: dict, in_features: int, num_classes: int) -> nn.Module:

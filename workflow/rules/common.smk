@@ -54,3 +54,9 @@ def run_arguments(run_key):
     """`batchscale train` options for the run a key names (bs64_lr0.02_wu5)."""
     batch_size, lr, warmup = bs_config.parse_run_key(run_key)
     return f"--batch-size {batch_size} --lr {lr!r} --warmup-epochs {warmup}"
+
+
+def train_priority(run_key):
+    """A train job's scheduling priority: its optimiser steps per epoch (the longest first)."""
+    batch_size, _, _ = bs_config.parse_run_key(run_key)
+    return -(-bs_config.expected_train_size(PARAMS["data"]) // batch_size)

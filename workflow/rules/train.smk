@@ -13,6 +13,9 @@ rule train:
     conda:
         ENV
     threads: 1
+    # Smaller batches first: they take the most steps, so they would otherwise be the long
+    # tail that one core works through while the others wait.
+    priority: lambda wildcards: train_priority(wildcards.run)
     resources:
         mem_mb=1500,
         runtime=120,
