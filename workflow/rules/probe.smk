@@ -17,6 +17,7 @@ rule probe:
     resources:
         mem_mb=1500,
         runtime=60,
+        cpu_jobs=1,
     params:
         sections=sections_json("data", "model", "probes"),
         run_dir=subpath(input.weights, parent=True),
@@ -46,6 +47,7 @@ if LANDSCAPE_PAIR:
         resources:
             mem_mb=1500,
             runtime=60,
+            cpu_jobs=1,
         params:
             sections=sections_json("data", "model", "probes"),
             small=subpath(input.small, parent=True),

@@ -19,6 +19,7 @@ rule train:
     resources:
         mem_mb=1500,
         runtime=120,
+        cpu_jobs=1,
     params:
         sections=sections_json("data", "model", "train"),
         run=lambda wildcards: run_arguments(wildcards.run),
