@@ -53,7 +53,13 @@ def tiny_dataset(seed: int = 0, features: int = 12) -> Dataset:
 
 
 def plain_sgd_run(
-    model_params, data: Dataset, seed: int, lr: float, batch_size: int, epochs: int, momentum: float,
+    model_params,
+    data: Dataset,
+    seed: int,
+    lr: float,
+    batch_size: int,
+    epochs: int,
+    momentum: float,
     weight_decay: float = 0.0,
 ):
     """The reference: one model, torch.optim.SGD, the same shuffling stream as the engine."""
@@ -88,7 +94,13 @@ def test_member_k_equals_plain_run_with_seed_k(model_params, strategy):
     data = tiny_dataset(features=16)  # 16 = a 4 x 4 image for cnn2d
     # Different LRs per member, and a batch size that leaves a short last batch (64 = 2*24 + 16).
     spec = TrainSpec(
-        batch_size=24, seeds=[3, 7], lrs=[0.05, 0.02], epochs=3, momentum=0.9, weight_decay=0.01, strategy=strategy
+        batch_size=24,
+        seeds=[3, 7],
+        lrs=[0.05, 0.02],
+        epochs=3,
+        momentum=0.9,
+        weight_decay=0.01,
+        strategy=strategy,
     )
     ensemble = Ensemble(model_params, data, spec, torch.device("cpu"))
     state = train(ensemble, progress=silent())
@@ -257,7 +269,9 @@ def test_gradient_competition_of_a_large_batch_samples_only_the_per_example_norm
     for member in range(2):
         params = probes.member_params(state.params, member)
         idx = perms[member, :32]
-        per_example = probes.per_example_gradients(ensemble.base, params, {}, data.x_train[idx], data.y_train[idx])
+        per_example = probes.per_example_gradients(
+            ensemble.base, params, {}, data.x_train[idx], data.y_train[idx]
+        )
         expected = per_example.mean(0).norm() / per_example[:5].norm(dim=1).mean()
         assert ratio[member].item() == pytest.approx(expected.item(), rel=1e-4)
 

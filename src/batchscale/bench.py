@@ -156,5 +156,9 @@ def format_table(table: pd.DataFrame) -> str:
     shown = table[["model", "batch_size", "variant", "ms_per_model_epoch", "examples_per_s",
                    "speedup_vs_naive", "flop_floor_ms"]].copy()  # fmt: skip
     # A star marks the way the study's training jobs run (train.ensemble: auto).
-    shown["variant"] = [v + (" *" if auto else "") for v, auto in zip(table["variant"], table["auto_choice"])]
-    return shown.to_string(index=False, float_format=lambda v: f"{v:,.2f}") + "\n* what train.ensemble: auto runs"
+    starred = zip(table["variant"], table["auto_choice"], strict=True)
+    shown["variant"] = [variant + (" *" if auto else "") for variant, auto in starred]
+    return (
+        shown.to_string(index=False, float_format=lambda v: f"{v:,.2f}")
+        + "\n* what train.ensemble: auto runs"
+    )

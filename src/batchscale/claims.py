@@ -351,7 +351,9 @@ def wallclock_claim(runs: pd.DataFrame, settings: Settings) -> ClaimResult:
     est, _, table = parts["linear"]
     _record(result, est, table)
     result.verdict = stats.combine([parts["none"][1], parts["linear"][1]])
-    result.parts = " | ".join(f"{rule}: {_fmt(est_r)} ({verdict_r})" for rule, (est_r, verdict_r, _) in parts.items())
+    result.parts = " | ".join(
+        f"{rule}: {_fmt(est_r)} ({verdict_r})" for rule, (est_r, verdict_r, _) in parts.items()
+    )
     pieces = []
     for rule, (est_r, verdict_r, table_r) in parts.items():
         means = ", ".join(f"B={b}: {v:.1f}s" for b, v in table_r.mean().items())

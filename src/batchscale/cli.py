@@ -19,8 +19,7 @@ from pathlib import Path
 
 from batchscale import __version__
 from batchscale.config import ConfigError, deep_merge, read_yaml, validate
-from batchscale.data import DataError
-from batchscale.io import UnsafeFileError
+from batchscale.errors import DataError, UnsafeFileError
 
 
 def load_params(sources: list[str]) -> dict:

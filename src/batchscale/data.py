@@ -11,14 +11,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from batchscale.errors import DataError
 from batchscale.io import atomic_path, write_json_atomic
 
 DATASETS = ("mnist1d", "mnist", "digits", "npz")
 ARRAYS = ("x_train", "y_train", "x_val", "y_val")
-
-
-class DataError(ValueError):
-    """A prepared data file that cannot be used; the message names the file and the problem."""
 
 
 def _make_mnist1d(data_params: dict) -> dict[str, np.ndarray]:

@@ -29,7 +29,7 @@ from batchscale.scaling import warmup_fraction
 
 CHECKPOINT_VERSION = 1
 # Examples whose per-example gradient norms grad_competition averages (the batch's first).
-COMPETITION_SAMPLE = 32
+COMPETITION_SAMPLE = 16
 EVAL_CHUNK = 8192  # examples per forward pass when evaluating, to bound memory
 # On a CPU, members train one at a time when a packed layer's activations outgrow this
 # (resolve_strategy): a few MiB, the L2/L3 cache a core can count on.
@@ -54,7 +54,9 @@ def can_pack(model: nn.Module) -> bool:
 def widest_activation(model: nn.Module, example: torch.Tensor) -> int:
     """Values per example in the model's largest layer output (one example through it)."""
     sizes = []
-    hooks = [m.register_forward_hook(lambda _m, _i, out: sizes.append(out[0].numel())) for m in model.modules()]
+    hooks = [
+        m.register_forward_hook(lambda _m, _i, out: sizes.append(out[0].numel())) for m in model.modules()
+    ]
     try:
         with torch.no_grad():
             model(example.unsqueeze(0))
@@ -164,10 +166,14 @@ class Ensemble:
         self.base: nn.Module = copy.deepcopy(models[0]).to("meta")
         self.peak_lrs = torch.tensor(spec.lrs, dtype=torch.float32, device=device)
         example = data.x_train[0]
-        self.strategy = resolve_strategy(spec.strategy, models[0], len(models), spec.batch_size, device, example)
+        self.strategy = resolve_strategy(
+            spec.strategy, models[0], len(models), spec.batch_size, device, example
+        )
         # Evaluation passes whole data sets, a far larger batch than training's.
         eval_batch = min(len(data.x_val), EVAL_CHUNK)
-        self.eval_strategy = resolve_strategy(spec.strategy, models[0], len(models), eval_batch, device, example)
+        self.eval_strategy = resolve_strategy(
+            spec.strategy, models[0], len(models), eval_batch, device, example
+        )
         self._vmapped_grads = vmap(grad_and_value(self._loss))
         # Per-example gradients of every member: members outside, examples inside.
         self._per_example_grads = vmap(vmap(grad(self._example_loss), in_dims=(None, None, 0, 0)))
@@ -202,19 +208,19 @@ class Ensemble:
             with torch.enable_grad():
                 losses = packed.member_losses(self.base.forward_packed(leaves, x), y)
                 grads = torch.autograd.grad(losses.sum(), list(leaves.values()))
-            return dict(zip(leaves, grads)), losses.detach()
+            return dict(zip(leaves, grads, strict=True)), losses.detach()
         # One autograd graph with a leaf per member and parameter (views, no copies): the
         # gradient of the summed losses with respect to member m's leaves is member m's own.
-        leaves = [{name: p[m].detach().requires_grad_() for name, p in params.items()} for m in range(self.members)]
+        leaves = [
+            {name: p[m].detach().requires_grad_() for name, p in params.items()} for m in range(self.members)
+        ]
         with torch.enable_grad():
             losses = torch.stack(
                 [self._loss(leaves[m], self._member(buffers, m), x[m], y[m]) for m in range(self.members)]
             )
             flat = torch.autograd.grad(losses.sum(), [t for member in leaves for t in member.values()])
         per_param = len(params)
-        grads = {
-            name: torch.stack(flat[i::per_param]) for i, name in enumerate(params)
-        }
+        grads = {name: torch.stack(flat[i::per_param]) for i, name in enumerate(params)}
         return grads, losses.detach()
 
     def _eval_chunk(self, params, buffers, x, y) -> tuple[torch.Tensor, torch.Tensor]:
@@ -222,7 +228,10 @@ class Ensemble:
             return self._vmapped_eval(params, buffers, x, y)
         if self.eval_strategy == "packed":
             return packed.member_sums(self.base.forward_packed(params, x.expand(self.members, *x.shape)), y)
-        sums = [self._eval_sums(self._member(params, m), self._member(buffers, m), x, y) for m in range(self.members)]
+        sums = [
+            self._eval_sums(self._member(params, m), self._member(buffers, m), x, y)
+            for m in range(self.members)
+        ]
         return torch.stack([s[0] for s in sums]), torch.stack([s[1] for s in sums])
 
     def fresh_state(self) -> EnsembleState:
@@ -289,7 +298,9 @@ class Ensemble:
         batch_grads, _ = self.member_grads(state.params, state.buffers, x, y)
         mean_grad = torch.cat([g.flatten(1) for g in batch_grads.values()], dim=1).norm(dim=1)
         sample = idx[:, :COMPETITION_SAMPLE]
-        grads = self._per_example_grads(state.params, state.buffers, self.data.x_train[sample], self.data.y_train[sample])
+        grads = self._per_example_grads(
+            state.params, state.buffers, self.data.x_train[sample], self.data.y_train[sample]
+        )
         flat = torch.cat([g.flatten(2) for g in grads.values()], dim=2)  # members, examples, weights
         return mean_grad / flat.norm(dim=2).mean(1)
 
@@ -327,7 +338,10 @@ class Ensemble:
             torch._foreach_add_(buffers, grads)
             updates = torch._foreach_mul(buffers, [_member_view(lrs, p) for p in params])
             if frozen:
-                updates = [torch.where(_member_view(active, p) > 0, u, torch.zeros_like(u)) for p, u in zip(params, updates)]
+                updates = [
+                    torch.where(_member_view(active, p) > 0, u, torch.zeros_like(u))
+                    for p, u in zip(params, updates, strict=True)
+                ]
             torch._foreach_sub_(params, updates)
         state.epoch += 1
         return loss_sum / len(x)

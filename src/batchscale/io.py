@@ -12,7 +12,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
-import torch
+
+from batchscale.errors import UnsafeFileError  # noqa: F401  (raised here; importable from here)
 
 
 def _current_umask() -> int:
@@ -49,16 +50,16 @@ def write_csv_atomic(path: Path | str, frame: pd.DataFrame) -> None:
 
 
 def save_torch_atomic(path: Path | str, obj: object) -> None:
+    import torch  # here, not at the top: steps that write only tables never load torch
+
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
 
 
-class UnsafeFileError(ValueError):
-    """A file that only an unrestricted (code-running) unpickler could read; names the file."""
-
-
 def load_torch(path: Path | str) -> object:
     """torch.load restricted to tensors and plain containers (no arbitrary pickle)."""
+    import torch
+
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:

@@ -37,7 +37,9 @@ def conv2d(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, stride, pa
     )  # fmt: skip
 
 
-def conv1d(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, stride: int, padding: int) -> torch.Tensor:
+def conv1d(
+    h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, stride: int, padding: int
+) -> torch.Tensor:
     """Every member's Conv1d at once, as a (1 x k) Conv2d over a height of 1 (the layout
     oneDNN's channels-last kernels are fast at). weight: (M, out, in, k); bias: (M, out)."""
     return conv2d(h, weight.unsqueeze(3), bias, stride=(1, stride), padding=(0, padding))
