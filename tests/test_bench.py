@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import torch
 
 from batchscale import bench
@@ -65,3 +66,27 @@ def test_thread_layouts_time_the_same_work_both_ways():
     sentence = layouts_sentence(table)
     assert "at batch size 16" in sentence and "2 jobs x 1 thread" in sentence
     assert "Not measured" in layouts_sentence(table.iloc[0:0])
+
+
+def test_the_report_reads_the_bench_against_the_speed_goal():
+    from batchscale.report import bench_sentence
+
+    def row(variant, members, ensemble, auto, speedup, batch_size=32, device="cpu"):
+        return {"model": "cnn1d", "batch_size": batch_size, "variant": variant, "members": members,
+                "ensemble": ensemble, "auto_choice": auto, "device": device,
+                "speedup_vs_naive": speedup}  # fmt: skip
+
+    table = pd.DataFrame(
+        [
+            row("naive", 1, "", False, 1.0),
+            row("engine, 8 members, packed", 8, "packed", True, 4.2),
+            row("engine, 8 members, vmap", 8, "vmap", False, 2.0),
+            row("engine, 8 members, loop", 8, "loop", True, 9.9, batch_size=256),  # not the smallest batch
+        ]
+    )
+    sentence = bench_sentence(table)
+    assert "cnn1d: 4.20x (packed, 8 members)" in sentence and "at least 3x, met" in sentence
+    table.loc[1, "speedup_vs_naive"] = 2.5
+    assert "not met" in bench_sentence(table)
+    table["device"] = "cuda:0"
+    assert "a GPU: at least 100x, not met" in bench_sentence(table)

@@ -664,6 +664,35 @@ def critical_batch_sentence(critical: CriticalBatch | None, departure: Departure
 RSS_GOAL_MB = 1536
 
 
+# The speed goals the bench is read against (issue "Fast"): the engine with every seed of a cell
+# against the naive loop, at the bench's smallest batch size.
+CPU_SPEEDUP_GOAL = 3.0
+GPU_SPEEDUP_GOAL = 100.0
+
+
+def bench_sentence(bench: pd.DataFrame) -> str:
+    """The engine with all members, as `auto` runs it, against the naive loop at the smallest
+    batch size, per model, with the goal for the device it ran on."""
+    if bench.empty or "auto_choice" not in bench:
+        return ""
+    smallest = bench["batch_size"].min()
+    chosen = bench[(bench["batch_size"] == smallest) & bench["auto_choice"].astype(bool)]
+    if chosen.empty:
+        return ""
+    on_gpu = chosen["device"].str.startswith("cuda").any()
+    goal = GPU_SPEEDUP_GOAL if on_gpu else CPU_SPEEDUP_GOAL
+    parts = [
+        f"{esc(row.model)}: {row.speedup_vs_naive:.2f}x ({esc(row.ensemble)}, {row.members} members)"
+        for row in chosen.itertuples()
+    ]
+    met = all(chosen["speedup_vs_naive"] >= goal)
+    return (
+        f"<p>At batch {smallest}, the engine with every seed of a cell, as the study trains it, "
+        f"against the naive loop per model-epoch: {'; '.join(parts)}. Goal on "
+        f"{'a GPU' if on_gpu else 'a CPU'}: at least {goal:g}x, {'met' if met else 'not met'}.</p>"
+    )
+
+
 def jobs_sentence(jobs: pd.DataFrame) -> str:
     """What the training jobs cost: wall time and peak memory, against the memory goal."""
     if jobs.empty or jobs["peak_rss_mb"].isna().all():
