@@ -79,11 +79,13 @@ def test_jobs_table_has_one_row_per_training_job_with_its_peak_memory(tmp_path):
         run_dir = tmp_path / cell.run_dir
         run_dir.mkdir(parents=True)
         summary = {"batch_size": cell.batch_size, "lr": cell.lr, "seeds": [0, 1], "device": "cpu",
-                   "threads": 1, "train_seconds": 10.0, "peak_rss_mb": rss, "peak_cuda_mb": None}  # fmt: skip
+                   "threads": 1, "train_seconds": 10.0, "peak_rss_mb": rss, "peak_cuda_mb": None,
+                   "ensemble": "packed"}  # fmt: skip
         (run_dir / "summary.json").write_text(json.dumps(summary))
     jobs = read_jobs(cells, tmp_path)
     assert list(jobs["run"]) == ["bs32_lr0.01", "bs64_lr0.02"]
     assert list(jobs["peak_rss_mb"]) == [300.0, 2000.0] and list(jobs["members"]) == [2, 2]
+    assert list(jobs["ensemble"]) == ["packed", "packed"]
     sentence = jobs_sentence(jobs)
     assert "at most 2,000 MiB" in sentence or "at most 2000 MiB" in sentence
     assert "above the goal" in sentence and "bs64_lr0.02" in sentence

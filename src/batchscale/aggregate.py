@@ -45,7 +45,7 @@ def read_per_cell(cells: list[Cell], folder: str, name: str, root: Path) -> pd.D
     )
 
 
-JOB_COLUMNS = ["run", "batch_size", "lr", "members", "device", "threads", "train_seconds",
+JOB_COLUMNS = ["run", "batch_size", "lr", "members", "device", "ensemble", "threads", "train_seconds",
                "peak_rss_mb", "peak_cuda_mb"]  # fmt: skip
 
 
@@ -60,7 +60,9 @@ def read_jobs(cells: list[Cell], root: Path) -> pd.DataFrame:
         summary = json.loads(path.read_text())
         rows[cell.run_dir] = {
             "run": cell.run_key, "batch_size": summary["batch_size"], "lr": summary["lr"],
-            "members": len(summary["seeds"]), "device": summary["device"], "threads": summary["threads"],
+            "members": len(summary["seeds"]), "device": summary["device"],
+            # How the members trained together (train.ensemble); runs from before it was recorded: vmap.
+            "ensemble": summary.get("ensemble", "vmap"), "threads": summary["threads"],
             "train_seconds": summary["train_seconds"],
             "peak_rss_mb": summary.get("peak_rss_mb"), "peak_cuda_mb": summary.get("peak_cuda_mb"),
         }  # fmt: skip
