@@ -139,12 +139,38 @@ def test_resume_after_interruption_gives_identical_history(tmp_path):
 
     checkpoint = tmp_path / "checkpoint.pt"
     dying = RecordedProgress(die_at=3)
-    with pytest.raises(Killed):
-        train(Ensemble(MODELS[0], data, spec, torch.device("cpu")), checkpoint, "run-a", dying)
+    with pytest.raises(Killed):  # checkpoint_seconds=0: a checkpoint after every epoch
+        train(
+            Ensemble(MODELS[0], data, spec, torch.device("cpu")),
+            checkpoint,
+            "run-a",
+            dying,
+            checkpoint_seconds=0,
+        )
     progress = RecordedProgress()
     resumed = train(Ensemble(MODELS[0], data, spec, torch.device("cpu")), checkpoint, "run-a", progress)
     assert progress.lines[0].startswith("resuming") and "epoch 2" in progress.lines[0]
     pd.testing.assert_frame_equal(_without_timing(resumed.history), _without_timing(reference.history))
+
+
+def test_checkpoints_come_after_the_first_epoch_then_at_most_every_checkpoint_seconds(tmp_path, monkeypatch):
+    from batchscale import engine
+
+    saved_at = []
+    monkeypatch.setattr(engine, "save_torch_atomic", lambda path, state: saved_at.append(state["epoch"]))
+    data = tiny_dataset()
+    spec = TrainSpec(batch_size=16, seeds=[0], lrs=[0.05], epochs=5, momentum=0.9)
+    train(Ensemble(MODELS[0], data, spec, torch.device("cpu")), tmp_path / "c.pt", "a", silent())
+    assert saved_at == [1]  # tiny epochs: 10 s never pass
+    saved_at.clear()
+    train(
+        Ensemble(MODELS[0], data, spec, torch.device("cpu")),
+        tmp_path / "c.pt",
+        "a",
+        silent(),
+        checkpoint_seconds=0,
+    )
+    assert saved_at == [1, 2, 3, 4, 5]
 
 
 def test_checkpoint_of_another_run_is_not_resumed(tmp_path):
