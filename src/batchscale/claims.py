@@ -334,8 +334,7 @@ def wallclock_claim(runs: pd.DataFrame, settings: Settings) -> ClaimResult:
     result = ClaimResult(
         "C9",
         CLAIM_TEXT["C9"],
-        "mean Spearman rho(batch size, wall-clock seconds to min val loss), linear rule "
-        "(the 'none' rule's rho is in the summary)",
+        "mean Spearman rho(batch size, wall-clock seconds to min val loss), LR rules 'none' | 'linear'",
         "rho > 0 unscaled and rho < 0 scaled",
         rule=TREND_RULE.format(conf=settings.confidence, side="above/below")
         + " Both parts must hold; time = epoch of the minimum x timed seconds per epoch (1 thread).",
