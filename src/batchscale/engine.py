@@ -327,7 +327,7 @@ class Ensemble:
         loss_sum = torch.zeros(self.members, device=self.device)
         names = list(state.params)
         params = [state.params[n] for n in names]
-        buffers = [state.momentum[n] for n in names]
+        momenta = [state.momentum[n] for n in names]
         for step in range(steps):
             idx = perms[:, step * spec.batch_size : (step + 1) * spec.batch_size]
             grads, losses = self.member_grads(state.params, state.buffers, x[idx], y[idx])
@@ -338,9 +338,9 @@ class Ensemble:
                 grads = torch._foreach_add(grads, params, alpha=spec.weight_decay)
             # Momentum SGD as torch.optim.SGD does it (buf = momentum * buf + grad; p -= lr * buf),
             # every parameter of every member in a few fused multi-tensor ops.
-            torch._foreach_mul_(buffers, spec.momentum)
-            torch._foreach_add_(buffers, grads)
-            updates = torch._foreach_mul(buffers, [_member_view(lrs, p) for p in params])
+            torch._foreach_mul_(momenta, spec.momentum)
+            torch._foreach_add_(momenta, grads)
+            updates = torch._foreach_mul(momenta, [_member_view(lrs, p) for p in params])
             if frozen:
                 updates = [
                     torch.where(_member_view(active, p) > 0, u, torch.zeros_like(u))
