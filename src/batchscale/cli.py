@@ -171,26 +171,22 @@ def cmd_time(args: argparse.Namespace) -> None:
     device = engine.resolve_device(train["device"])
     # Snakemake may grant more threads than this machine has (`--cores 4` on 2 CPUs).
     most_threads = max(1, min(args.threads, len(os.sched_getaffinity(0))))
-    rows = []
-    for threads in sorted({1, most_threads}):
-        torch.set_num_threads(threads)
-        spec = engine.TrainSpec(
-            batch_size=args.batch_size, seeds=[train["seeds"][0]], lrs=[train["base_lr"]],
-            epochs=1, momentum=train["momentum"], weight_decay=train["weight_decay"],
-        )  # fmt: skip
-        ensemble = engine.Ensemble(params["model"], dataset, spec, device)
-        seconds = engine.time_epochs(ensemble, timing["warmup_epochs"], timing["repeats"])
-        rows += [
-            {
-                "batch_size": args.batch_size,
-                "threads": threads,
-                "device": str(device),
-                "repeat": i,
-                "epoch_seconds": s,
-            }
-            for i, s in enumerate(seconds)
-        ]
-    write_csv_atomic(Path(args.out), pd.DataFrame(rows))
+    for batch_size in args.batch_size:
+        rows = []
+        for threads in sorted({1, most_threads}):
+            torch.set_num_threads(threads)
+            spec = engine.TrainSpec(
+                batch_size=batch_size, seeds=[train["seeds"][0]], lrs=[train["base_lr"]],
+                epochs=1, momentum=train["momentum"], weight_decay=train["weight_decay"],
+            )  # fmt: skip
+            ensemble = engine.Ensemble(params["model"], dataset, spec, device)
+            seconds = engine.time_epochs(ensemble, timing["warmup_epochs"], timing["repeats"])
+            rows += [
+                {"batch_size": batch_size, "threads": threads, "device": str(device), "repeat": i,
+                 "epoch_seconds": s}
+                for i, s in enumerate(seconds)
+            ]  # fmt: skip
+        write_csv_atomic(Path(args.out_dir) / f"bs{batch_size}.csv", pd.DataFrame(rows))
 
 
 def cmd_probe(args: argparse.Namespace) -> None:
@@ -382,12 +378,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", required=True, help="run folder: history.csv, summary.json, weights.pt")
     p.add_argument("--threads", type=int, default=1, help="CPU threads for torch (default 1)")
 
-    p = add("time", cmd_time, "Time training epochs at one batch size, at 1 thread and at --threads.")
-    p.add_argument("--batch-size", type=int, required=True, help="examples per step")
+    p = add("time", cmd_time, "Time training epochs at each batch size, at 1 thread and at --threads.")
+    p.add_argument("--batch-size", type=int, nargs="+", required=True, help="examples per step (one or more)")
     p.add_argument("--data", required=True, help="prepared .npz data file")
     p.add_argument(
-        "--out", required=True, help="output CSV (batch_size, threads, device, repeat, epoch_seconds)"
-    )
+        "--out-dir", required=True,
+        help="folder for bs<B>.csv per batch size (batch_size, threads, device, repeat, epoch_seconds)",
+    )  # fmt: skip
     p.add_argument("--threads", type=int, default=1, help="the most threads to time with")
 
     p = add("probe", cmd_probe, "Sharpness, 1-D loss slices and gradient noise scale of a run's members.")

@@ -7,12 +7,15 @@ import json
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from batchscale.errors import DataError
 from batchscale.io import atomic_path, write_json_atomic
+
+if TYPE_CHECKING:  # torch is imported where tensors are made: preparing data needs only numpy
+    import torch
 
 DATASETS = ("mnist1d", "mnist", "digits", "npz")
 ARRAYS = ("x_train", "y_train", "x_val", "y_val")
@@ -181,6 +184,8 @@ def load(path: Path) -> Dataset:
     """Load a prepared `.npz` without pickle; raise DataError naming the file if it is unusable."""
     arrays = read_npz(path)
     sha256 = fingerprint(arrays)
+    import torch
+
     tensors = {key: torch.from_numpy(arrays[key]) for key in ARRAYS}
     tensors["x_train"] = tensors["x_train"].float()
     tensors["x_val"] = tensors["x_val"].float()

@@ -10,12 +10,12 @@ rule train:
         weights=f"{RESULTS}/runs/{{run}}/weights.pt",
     log:
         f"logs/{STUDY}/train/{{run}}.log",
-    conda:
-        ENV
-    threads: 1
     # Smaller batches first: they take the most steps, so they would otherwise be the long
     # tail that one core works through while the others wait.
     priority: lambda wildcards: train_priority(wildcards.run)
+    conda:
+        ENV
+    threads: 1
     resources:
         mem_mb=1500,
         runtime=120,
