@@ -20,7 +20,7 @@ rule time_epochs:
     params:
         sections=sections_json("data", "model", "train", "timing"),
         batch_sizes=" ".join(str(b) for b in BATCH_SIZES),
-        out_dir=f"{RESULTS}/timing",
+        out_dir=subpath(output[0], parent=True),
     shell:
         "batchscale time --params {params.sections:q} --batch-size {params.batch_sizes}"
         " --data {input.data} --out-dir {params.out_dir} --threads {threads} > {log} 2>&1"
