@@ -1,10 +1,12 @@
-"""The training engine: all seeds of a cell train together as one vmapped ensemble.
+"""The training engine: all seeds of a cell train together as one ensemble.
 
-Every member has its own initial weights (drawn with `torch.manual_seed(seed)`), its own
-shuffling generator (seeded with the same seed) and its own learning rate; the step is
-momentum SGD written out explicitly, so member k is the same computation as a plain
-single-model run with `torch.optim.SGD` and seed k (tests/test_engine.py checks this).
-Data sit on the device as tensors and a batch is an index gather, not a DataLoader.
+The members' gradients come from one packed model, from `torch.func.vmap`, or from a loop
+over members (`resolve_strategy` picks; the maths is the same). Every member has its own
+initial weights (drawn with `torch.manual_seed(seed)`), its own shuffling generator (seeded
+with the same seed) and its own learning rate; the step is momentum SGD written out
+explicitly, so member k is the same computation as a plain single-model run with
+`torch.optim.SGD` and seed k (tests/test_engine.py checks this). Data sit on the device as
+tensors and a batch is an index gather, not a DataLoader.
 """
 
 from __future__ import annotations
