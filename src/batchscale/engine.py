@@ -117,7 +117,7 @@ class TrainSpec:
     weight_decay: float = 0.0
     warmup_epochs: int = 0
     warmup_start_lr: float = 0.0  # the ramp starts here (Goyal et al.: the base LR)
-    strategy: str = "auto"  # vmap | loop | auto (resolve_strategy)
+    strategy: str = "auto"  # packed | vmap | loop | auto (resolve_strategy)
 
     def steps_per_epoch(self, num_train: int) -> int:
         return math.ceil(num_train / self.batch_size)
@@ -183,7 +183,7 @@ class Ensemble:
         self._vmapped_grads = vmap(grad_and_value(self._loss))
         # Per-example gradients of every member: members outside, examples inside.
         self._per_example_grads = vmap(vmap(grad(self._example_loss), in_dims=(None, None, 0, 0)))
-        self._vmapped_eval = vmap(self._eval_sums, in_dims=(0, 0, None, None))
+        self._vmapped_logits = vmap(self._logits, in_dims=(0, 0, None))
 
     @property
     def members(self) -> int:
@@ -195,11 +195,8 @@ class Ensemble:
     def _example_loss(self, params, buffers, x, y):
         return self._loss(params, buffers, x.unsqueeze(0), y.unsqueeze(0))
 
-    def _eval_sums(self, params, buffers, x, y):
-        logits = functional_call(self.base, (params, buffers), (x,))
-        loss_sum = F.cross_entropy(logits, y, reduction="sum")
-        correct = (logits.argmax(-1) == y).sum()
-        return loss_sum, correct
+    def _logits(self, params, buffers, x):
+        return functional_call(self.base, (params, buffers), (x,))
 
     def _member(self, tensors: dict[str, torch.Tensor], m: int) -> dict[str, torch.Tensor]:
         return {name: t[m] for name, t in tensors.items()}
@@ -229,16 +226,15 @@ class Ensemble:
         grads = {name: torch.stack(flat[i::per_param]) for i, name in enumerate(params)}
         return grads, losses.detach()
 
-    def _eval_chunk(self, params, buffers, x, y) -> tuple[torch.Tensor, torch.Tensor]:
+    def _member_logits(self, params, buffers, x) -> torch.Tensor:
+        """Every member's logits on the same examples x: (members, examples, classes)."""
         if self.eval_strategy == "vmap":
-            return self._vmapped_eval(params, buffers, x, y)
+            return self._vmapped_logits(params, buffers, x)
         if self.eval_strategy == "packed":
-            return packed.member_sums(self.base.forward_packed(params, x.expand(self.members, *x.shape)), y)
-        sums = [
-            self._eval_sums(self._member(params, m), self._member(buffers, m), x, y)
-            for m in range(self.members)
-        ]
-        return torch.stack([s[0] for s in sums]), torch.stack([s[1] for s in sums])
+            return self.base.forward_packed(params, x.expand(self.members, *x.shape))
+        return torch.stack(
+            [self._logits(self._member(params, m), self._member(buffers, m), x) for m in range(self.members)]
+        )
 
     def fresh_state(self) -> EnsembleState:
         generators = [torch.Generator().manual_seed(seed) for seed in self.spec.seeds]
@@ -263,7 +259,8 @@ class Ensemble:
         correct = torch.zeros(self.members, device=self.device)
         for start in range(0, len(x), EVAL_CHUNK):
             xs, ys = x[start : start + EVAL_CHUNK], y[start : start + EVAL_CHUNK]
-            chunk_loss, chunk_correct = self._eval_chunk(state.params, state.buffers, xs, ys)
+            logits = self._member_logits(state.params, state.buffers, xs)
+            chunk_loss, chunk_correct = packed.member_sums(logits, ys)
             loss_sum += chunk_loss
             correct += chunk_correct
         return loss_sum / len(x), correct / len(x)

@@ -54,9 +54,8 @@ class CNN1d(nn.Module):
     def forward_packed(self, params: packed.Params, x: torch.Tensor) -> torch.Tensor:
         """Every member at once: x (M, batch, length) -> (M, batch, classes)."""
         members, batch, length = x.shape
-        h = packed.fold_images(x.view(members, batch, 1, 1, length))
-        h = packed.sequential(h, self.convs, params, "convs")
-        return packed.linear(packed.unfold_flat(h, members), params["head.weight"], params["head.bias"])
+        images = packed.fold_images(x.view(members, batch, 1, 1, length))
+        return packed.conv_net(images, self, params, members)
 
 
 class CNN2d(nn.Module):
@@ -84,9 +83,8 @@ class CNN2d(nn.Module):
     def forward_packed(self, params: packed.Params, x: torch.Tensor) -> torch.Tensor:
         """Every member at once: x (M, batch, side**2 or side x side) -> (M, batch, classes)."""
         members, batch = x.shape[:2]
-        h = packed.fold_images(x.reshape(members, batch, 1, self.side, self.side))
-        h = packed.sequential(h, self.convs, params, "convs")
-        return packed.linear(packed.unfold_flat(h, members), params["head.weight"], params["head.bias"])
+        images = packed.fold_images(x.reshape(members, batch, 1, self.side, self.side))
+        return packed.conv_net(images, self, params, members)
 
 
 def build_model(model_params: dict, in_features: int, num_classes: int) -> nn.Module:

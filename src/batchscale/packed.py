@@ -87,3 +87,10 @@ def sequential(h: torch.Tensor, layers: torch.nn.Sequential, params: Params, pre
         else:
             raise TypeError(f"no packed form of {type(layer).__name__}")
     return h
+
+
+def conv_net(h: torch.Tensor, model: torch.nn.Module, params: Params, members: int) -> torch.Tensor:
+    """The CNNs' body and head for every member: folded images through `model.convs`, each
+    member's features flattened, then `model.head`. Returns (M, batch, classes)."""
+    h = sequential(h, model.convs, params, "convs")
+    return linear(unfold_flat(h, members), params["head.weight"], params["head.bias"])
