@@ -221,6 +221,7 @@ main { max-width: 1150px; margin: 0 auto; }
                                  text-align: left !important; }  /* lab's CSS right-aligns cells */
 .bs-report th { background: #f5f5f5; }
 .bs-report td.num { text-align: right !important; font-variant-numeric: tabular-nums; white-space: nowrap; }
+.bs-report td.num.parts { white-space: normal; min-width: 14em; }
 .bs-verdict { display: inline-block; padding: 1px 8px; border-radius: 10px; font-weight: 600;
               white-space: nowrap; }
 .bs-rule { color: #555; font-size: 0.92em; }
@@ -287,12 +288,17 @@ def verdict_badge(verdict: str) -> str:
     return f'<span class="bs-verdict" style="color:{text};background:{background}">{esc(verdict)}</span>'
 
 
-def observed_cell(claim) -> str:
-    """The estimate with its CI; for a claim of several parts, every part's, one per line."""
+def has_parts(claim) -> bool:
     parts = getattr(claim, "parts", "")
-    if is_missing(parts) or not parts:
+    return not is_missing(parts) and bool(parts)
+
+
+def observed_cell(claim) -> str:
+    """The estimate with its CI; for a claim of several parts, every part's, one per line
+    (wrapping inside the line: each part's label repeats the statistic's own words)."""
+    if not has_parts(claim):
         return esc(fmt_estimate(claim.observed, claim.ci_low, claim.ci_high))
-    return "<br>".join(esc(part.strip()) for part in parts.split(" | "))
+    return "<br>".join(esc(part.strip()) for part in claim.parts.split(" | "))
 
 
 def claims_table(claims: pd.DataFrame, confidence: float) -> str:
@@ -304,7 +310,7 @@ def claims_table(claims: pd.DataFrame, confidence: float) -> str:
         rows.append(
             f'<tr><td><a href="#{esc(c.claim_id)}">{esc(c.claim_id)}</a></td><td>{esc(c.claim)}</td>'
             f"<td>{esc(c.metric)}</td><td>{expected}</td>"
-            f'<td class="num">{observed_cell(c)}</td>'
+            f'<td class="{"num parts" if has_parts(c) else "num"}">{observed_cell(c)}</td>'
             f'<td class="num">{int(c.n_seeds) if not is_missing(c.n_seeds) else "–"}</td>'
             f"<td>{verdict_badge(c.verdict)}</td><td>{article}</td></tr>"
         )
