@@ -244,62 +244,53 @@ def test_warmup_run_matches_plain_sgd_with_the_same_ramp():
     assert lrs[0] == pytest.approx(0.01 + 0.07 * 3 / 4) and lrs[1] == pytest.approx(0.08)
 
 
-def competition_setup(model_params: dict, data: Dataset, batch_size: int):
-    """A fresh two-member ensemble and its first epoch's shuffles: what grad_competition reads."""
-    spec = TrainSpec(batch_size=batch_size, seeds=[0, 1], lrs=[0.05, 0.05], epochs=1, momentum=0.9)
+def first_epoch_competition(model_params: dict, data: Dataset, batch_size: int, strategy: str = "auto"):
+    """Gradient competition as training records it for epoch 1, with what it was measured on:
+    the initial weights and the first epoch's shuffles."""
+    spec = TrainSpec(batch_size=batch_size, seeds=[0, 1], lrs=[0.05, 0.05], epochs=1, momentum=0.9,
+                     strategy=strategy)  # fmt: skip
     ensemble = Ensemble(model_params, data, spec, torch.device("cpu"))
-    state = ensemble.fresh_state()
-    return ensemble, state, ensemble.epoch_permutations(state)
+    perms = ensemble.epoch_permutations(ensemble.fresh_state())
+    state = train(ensemble, progress=silent())
+    ratio = [row["grad_competition"] for row in state.history if row["epoch"] == 1]
+    return ensemble, state.init, perms, ratio
 
 
 def test_gradient_competition_is_one_for_identical_examples_and_matches_the_probe():
     from batchscale import probes
 
     data = tiny_dataset()
-    ensemble, state, perms = competition_setup(MODELS[0], data, batch_size=8)
-    spec = ensemble.spec
-    ratio = ensemble.grad_competition(state, perms)
+    ensemble, init, perms, ratio = first_epoch_competition(MODELS[0], data, batch_size=8)
     for member in range(2):
-        idx = perms[member, : spec.batch_size]
+        idx = perms[member, :8]
         expected = probes.gradient_competition(
-            ensemble.base,
-            probes.member_params(state.params, member),
-            {},
-            data.x_train[idx],
-            data.y_train[idx],
+            ensemble.base, probes.member_params(init, member), {}, data.x_train[idx], data.y_train[idx]
         )
-        assert ratio[member].item() == pytest.approx(expected, rel=1e-5)
+        assert ratio[member] == pytest.approx(expected, rel=1e-5)
     same = Dataset(
         x_train=data.x_train[:1].repeat(64, 1), y_train=data.y_train[:1].repeat(64),
         x_val=data.x_val, y_val=data.y_val, num_classes=3,
     )  # fmt: skip
-    identical = Ensemble(MODELS[0], same, spec, torch.device("cpu"))
-    state = identical.fresh_state()
-    ratio = identical.grad_competition(state, identical.epoch_permutations(state))
-    torch.testing.assert_close(ratio, torch.ones(2))
+    _, _, _, ratio = first_epoch_competition(MODELS[0], same, batch_size=8)
+    assert ratio == pytest.approx([1.0, 1.0], rel=1e-5)
 
 
 @STRATEGIES
 def test_gradient_competition_of_a_large_batch_samples_only_the_per_example_norms(monkeypatch, strategy):
-    """Above COMPETITION_SAMPLE examples, the numerator is still the whole batch's gradient;
-    only the mean per-example norm comes from the batch's first examples."""
+    """Above COMPETITION_SAMPLE examples, the numerator is still the whole batch's gradient
+    (the first step's own); only the mean per-example norm comes from the batch's first examples."""
     from batchscale import engine, probes
 
     monkeypatch.setattr(engine, "COMPETITION_SAMPLE", 5)
     data = tiny_dataset()
-    spec = TrainSpec(batch_size=32, seeds=[0, 1], lrs=[0.05, 0.05], epochs=1, momentum=0.9, strategy=strategy)
-    ensemble = Ensemble(MODELS[1], data, spec, torch.device("cpu"))
-    state = ensemble.fresh_state()
-    perms = ensemble.epoch_permutations(state)
-    ratio = ensemble.grad_competition(state, perms)
+    ensemble, init, perms, ratio = first_epoch_competition(MODELS[1], data, batch_size=32, strategy=strategy)
     for member in range(2):
-        params = probes.member_params(state.params, member)
         idx = perms[member, :32]
         per_example = probes.per_example_gradients(
-            ensemble.base, params, {}, data.x_train[idx], data.y_train[idx]
+            ensemble.base, probes.member_params(init, member), {}, data.x_train[idx], data.y_train[idx]
         )
         expected = per_example.mean(0).norm() / per_example[:5].norm(dim=1).mean()
-        assert ratio[member].item() == pytest.approx(expected.item(), rel=1e-4)
+        assert ratio[member] == pytest.approx(expected.item(), rel=1e-4)
 
 
 @STRATEGIES

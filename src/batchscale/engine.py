@@ -16,6 +16,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +31,7 @@ from batchscale.progress import EpochProgress
 from batchscale.scaling import warmup_fraction
 
 CHECKPOINT_VERSION = 1
-# Examples whose per-example gradient norms grad_competition averages (the batch's first).
+# Examples whose per-example gradient norms mean_example_grad_norm averages (the batch's first).
 COMPETITION_SAMPLE = 16
 EVAL_CHUNK = 8192  # examples per forward pass when evaluating, to bound memory
 # A checkpoint after the first epoch, then at most one per this many seconds: a kill loses at
@@ -38,8 +39,10 @@ EVAL_CHUNK = 8192  # examples per forward pass when evaluating, to bound memory
 # writing the state (about 6 ms per checkpoint on a CPU, with the history growing).
 CHECKPOINT_SECONDS = 10.0
 # On a CPU, members train one at a time when a packed layer's activations outgrow this
-# (resolve_strategy): a few MiB, the L2/L3 cache a core can count on.
-PACKED_CACHE_BYTES = 4 * 2**20
+# (resolve_strategy): about one core's L2 cache. Measured on the 2-core development machine
+# (1 MiB L2 per core), cnn1d with 8 members, two 1-thread jobs at once: packed 1.35x faster
+# than the loop at B=64 (1.2 MB per layer), the loop 1.09x faster at B=128 (2.5 MB).
+PACKED_CACHE_BYTES = 2 * 2**20
 
 
 STRATEGIES = ("packed", "vmap", "loop")
@@ -86,9 +89,9 @@ def resolve_strategy(
     `auto` follows what was measured (docs/decisions.md, "How the members train together"):
     packed wherever the model has a packed form, except on a CPU when one packed layer of all
     members' activations outgrows the cache (PACKED_CACHE_BYTES): then the loop, whose
-    per-member activations stay in cache, is faster (cnn1d, 8 members, B=256: 14 against
-    17-20 ms per step). The choice depends only on the setup, never on a timing, so a rerun
-    repeats it.
+    per-member activations stay in cache, is faster (cnn1d, 8 members, ms per step: B=128,
+    8.6-9.3 against 9.5-10.8; B=256, 14 against 17-20). The choice depends only on the
+    setup, never on a timing, so a rerun repeats it.
     """
     if name == "packed" and not can_pack(model):
         raise ValueError(f"train.ensemble: {type(model).__name__} has no packed form; use vmap or loop")
@@ -138,6 +141,20 @@ class EnsembleState:
     diverged_epoch: torch.Tensor
     generator_states: list[torch.Tensor]
     history: list[dict] = field(default_factory=list)
+
+
+class EpochResult(NamedTuple):
+    """What `train_epoch` measured on the way, one value per member, on the device."""
+
+    train_loss: torch.Tensor  # mean loss over the epoch's examples as they were seen
+    first_grad_norm: torch.Tensor  # |gradient| of the first batch, at the epoch's starting weights
+
+    def grad_competition(self, mean_example_grad_norm: torch.Tensor) -> torch.Tensor:
+        """|mean of per-example gradients| / mean |per-example gradient| on the epoch's first
+        batch, at the weights the epoch starts from: 1 when the examples' gradients agree,
+        1/sqrt(B) when they are orthogonal (C10's "gradients compete inside a batch"). The
+        numerator is the first step's own batch gradient, so it costs nothing extra."""
+        return self.first_grad_norm / mean_example_grad_norm
 
 
 def _per_member_norm(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -285,27 +302,21 @@ class Ensemble:
         return start + (self.peak_lrs - start) * fraction
 
     @torch.no_grad()
-    def grad_competition(self, state: EnsembleState, perms: torch.Tensor) -> torch.Tensor:
-        """|mean of per-example gradients| / mean of |per-example gradient| on the epoch's first
-        batch, at the weights the epoch starts from: 1 when the examples' gradients agree,
-        1/sqrt(B) when they are orthogonal (C10's "gradients compete inside a batch").
+    def mean_example_grad_norm(self, state: EnsembleState, perms: torch.Tensor) -> torch.Tensor:
+        """Each member's mean per-example gradient norm over the first COMPETITION_SAMPLE
+        examples of the epoch's first batch, at the weights the epoch starts from: the
+        denominator of gradient competition (`EpochResult.grad_competition`).
 
-        The numerator is the batch gradient itself (one ordinary backward pass). The
-        denominator, an average of per-example norms, does not grow with B, so it is estimated
-        on the batch's first COMPETITION_SAMPLE examples (all of them in smaller batches):
-        per-example gradients of every example cost about 0.1 s per epoch at B=256 and 1 GB
-        of memory at B=4000, more than the training step itself.
+        The mean of per-example norms does not grow with B, so a sample estimates it:
+        per-example gradients of every example would cost about 0.1 s per epoch at B=256 and
+        1 GB of memory at B=4000, more than the training step itself.
         """
-        idx = perms[:, : self.spec.batch_size]
-        x, y = self.data.x_train[idx], self.data.y_train[idx]
-        batch_grads, _ = self.member_grads(state.params, state.buffers, x, y)
-        mean_grad = torch.cat([g.flatten(1) for g in batch_grads.values()], dim=1).norm(dim=1)
-        sample = idx[:, :COMPETITION_SAMPLE]
+        sample = perms[:, : min(self.spec.batch_size, COMPETITION_SAMPLE)]
         grads = self._per_example_grads(
             state.params, state.buffers, self.data.x_train[sample], self.data.y_train[sample]
         )
         flat = torch.cat([g.flatten(2) for g in grads.values()], dim=2)  # members, examples, weights
-        return mean_grad / flat.norm(dim=2).mean(1)
+        return flat.norm(dim=2).mean(1)
 
     @torch.no_grad()
     def train_epoch(self, state: EnsembleState, perms: torch.Tensor) -> torch.Tensor:
@@ -313,7 +324,8 @@ class Ensemble:
         (one row per member, from `epoch_permutations`), in place on `state`.
 
         Returns each member's training loss averaged over the epoch's examples as they were
-        seen (the running loss that training curves usually show), kept on the device.
+        seen (the running loss that training curves usually show) and the norm of its first
+        step's gradient, both kept on the device.
         """
         spec = self.spec
         x, y = self.data.x_train, self.data.y_train
@@ -331,6 +343,8 @@ class Ensemble:
             idx = perms[:, step * spec.batch_size : (step + 1) * spec.batch_size]
             grads, losses = self.member_grads(state.params, state.buffers, x[idx], y[idx])
             loss_sum += losses * idx.shape[1]
+            if step == 0:
+                first_grad_norm = torch.cat([g.flatten(1) for g in grads.values()], dim=1).norm(dim=1)
             lrs = active * self._scheduled_lrs(state.epoch * steps + step, warmup_steps)
             grads = [grads[n] for n in names]
             if spec.weight_decay:
@@ -347,7 +361,7 @@ class Ensemble:
                 ]
             torch._foreach_sub_(params, updates)
         state.epoch += 1
-        return loss_sum / len(x)
+        return EpochResult(loss_sum / len(x), first_grad_norm)
 
     def record_epoch(
         self,
@@ -471,13 +485,14 @@ def _train(
     while state.epoch < ensemble.spec.epochs:
         before = {k: v.clone() for k, v in state.params.items()}
         perms = ensemble.epoch_permutations(state)
-        competition = ensemble.grad_competition(state, perms)
+        example_grad_norm = ensemble.mean_example_grad_norm(state, perms)
         sync()
         start = time.perf_counter()
-        train_loss = ensemble.train_epoch(state, perms)
+        result = ensemble.train_epoch(state, perms)
         sync()
         seconds = time.perf_counter() - start
-        rows = ensemble.record_epoch(state, seconds, before, train_loss, competition)
+        competition = result.grad_competition(example_grad_norm)
+        rows = ensemble.record_epoch(state, seconds, before, result.train_loss, competition)
         line = _progress_line(rows, state, ensemble.spec.epochs, seconds)
         progress.epoch(state.epoch, _mean_best_val(state), line)
         if checkpoint and (last_saved is None or time.perf_counter() - last_saved >= checkpoint_seconds):
