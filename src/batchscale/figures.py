@@ -290,7 +290,7 @@ WEIGHT_STYLES = {"best": ("-", True), "final": ("--", False)}
 
 def _log_or_symlog(ax: Axes, values: pd.Series) -> None:
     """Log y axis; symmetric-log when a value is <= 0 (a negative dominant Hessian eigenvalue:
-    the power iteration found a saddle direction), so those points are shown, not dropped."""
+    the Lanczos iteration found a saddle direction), so those points are shown, not dropped."""
     values = values.dropna()
     if values.empty or (values > 0).all():
         log_y_axis(ax)
