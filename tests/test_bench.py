@@ -55,14 +55,14 @@ def test_thread_layouts_time_the_same_work_both_ways():
     from batchscale import engine, thread_layout
     from batchscale.report import layouts_sentence
 
-    spec = engine.TrainSpec(16, [0, 1], [0.05, 0.05], 1, 0.9)
-    table = thread_layout.compare_layouts({"name": "mlp", "hidden": [8]}, tiny(), spec, threads=2, epochs=2)
-    assert list(table["layout"]) == ["2 jobs x 1 thread", "1 job x 2 threads"]
+    specs = [engine.TrainSpec(b, [0, 1], [0.05, 0.05], 1, 0.9) for b in (16, 32)]
+    table = thread_layout.compare_layouts({"name": "mlp", "hidden": [8]}, tiny(), specs, threads=2, epochs=2)
+    assert list(table["layout"]) == ["2 jobs x 1 thread", "1 job x 2 threads"] * 2
+    assert list(table["batch_size"]) == [16, 16, 32, 32]
     assert (table["seconds"] > 0).all()
-    one_job = table.iloc[1]
-    assert one_job["speedup_vs_one_job"] == 1.0
+    assert (table.iloc[[1, 3]]["speedup_vs_one_job"] == 1.0).all()
     # 2 jobs x 2 epochs x 2 members of model-epochs in each layout
-    assert table.iloc[0]["ms_per_model_epoch"] == 1000 * table.iloc[0]["seconds"] / 8
+    assert (table["ms_per_model_epoch"] == 1000 * table["seconds"] / 8).all()
     sentence = layouts_sentence(table)
     assert "at batch size 16" in sentence and "2 jobs x 1 thread" in sentence
     assert "Not measured" in layouts_sentence(table.iloc[0:0])

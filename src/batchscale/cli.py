@@ -267,17 +267,13 @@ def _thread_layouts(params: dict, dataset, device, torch_threads: int):
     if device.type != "cpu" or torch_threads < 2:
         return pd.DataFrame(columns=thread_layout.COLUMNS)
     seeds, train = params["train"]["seeds"], params["train"]
-    frames = [
-        thread_layout.compare_layouts(
-            params["model"],
-            dataset,
-            engine.TrainSpec(batch_size, list(seeds), [train["base_lr"]] * len(seeds), 1, train["momentum"]),
-            threads=torch_threads,
-            epochs=params["bench"]["repeats"],
-        )
+    specs = [
+        engine.TrainSpec(batch_size, list(seeds), [train["base_lr"]] * len(seeds), 1, train["momentum"])
         for batch_size in params["bench"]["batch_sizes"]
     ]
-    return pd.concat(frames, ignore_index=True)
+    return thread_layout.compare_layouts(
+        params["model"], dataset, specs, threads=torch_threads, epochs=params["bench"]["repeats"]
+    )
 
 
 def cmd_aggregate(args: argparse.Namespace) -> None:

@@ -44,28 +44,48 @@ def _job_in_subprocess(args) -> tuple[float, float]:
     return _epochs_in_one_job(*args)
 
 
-def compare_layouts(model_params: dict, data: Dataset, spec: engine.TrainSpec, threads: int,
+def compare_layouts(model_params: dict, data: Dataset, specs: list[engine.TrainSpec], threads: int,
                     epochs: int) -> pd.DataFrame:  # fmt: skip
-    """Wall time of `threads` jobs run as `threads` x 1-thread processes at once, against the
-    same jobs one after another in this process with `threads` threads each."""
+    """For each spec (one per batch size): the wall time of `threads` jobs run as `threads` x
+    1-thread processes at once, against the same jobs one after another in this process with
+    `threads` threads each."""
     jobs = threads
-    # perf_counter is CLOCK_MONOTONIC on Linux: comparable across processes on one machine.
-    context = mp.get_context("spawn")  # a clean interpreter per job, as Snakemake starts them
-    with context.Manager() as manager:
-        barrier = manager.Barrier(jobs)
-        with context.Pool(jobs) as pool:
+    # One pool for every spec: a spawned worker takes over a second to import torch, which
+    # would otherwise be paid again for each batch size (outside the timed spans, but inside
+    # the bench's whole-machine step).
+    # Spawned, not forked: the jobs run in interpreters of their own, as Snakemake starts them.
+    context = mp.get_context("spawn")
+    with context.Manager() as manager, context.Pool(jobs) as pool:
+        parallel = []
+        for spec in specs:
+            barrier = manager.Barrier(jobs)
             spans = pool.map(_job_in_subprocess, [(model_params, data, spec, epochs, 1, barrier)] * jobs)
-    parallel = max(end for _, end in spans) - min(start for start, _ in spans)
+            # perf_counter is CLOCK_MONOTONIC on Linux: comparable across processes on one machine.
+            parallel.append(max(end for _, end in spans) - min(start for start, _ in spans))
+    frames = []
+    for spec, together in zip(specs, parallel, strict=True):
+        sequential = _one_after_another(model_params, data, spec, epochs, threads, jobs)
+        frames.append(_layout_rows(model_params, spec, jobs, threads, epochs, together, sequential))
+    return pd.concat(frames, ignore_index=True)
 
+
+def _one_after_another(model_params: dict, data: Dataset, spec: engine.TrainSpec, epochs: int,
+                       threads: int, jobs: int) -> float:  # fmt: skip
+    """Seconds for `jobs` jobs run one at a time in this process with `threads` threads."""
     previous = torch.get_num_threads()
     try:
-        sequential = 0.0
-        for _ in range(jobs):
-            start, end = _epochs_in_one_job(model_params, data, spec, epochs, threads)
-            sequential += end - start
+        return sum(
+            end - start
+            for start, end in (
+                _epochs_in_one_job(model_params, data, spec, epochs, threads) for _ in range(jobs)
+            )
+        )
     finally:
         torch.set_num_threads(previous)
 
+
+def _layout_rows(model_params: dict, spec: engine.TrainSpec, jobs: int, threads: int, epochs: int,
+                 parallel: float, sequential: float) -> pd.DataFrame:  # fmt: skip
     model_epochs = jobs * epochs * len(spec.seeds)
     layouts = {f"{jobs} jobs x 1 thread": parallel, f"1 job x {threads} threads": sequential}
     return pd.DataFrame(
