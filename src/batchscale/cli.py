@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from batchscale import __version__
+from batchscale.allocator import tune_malloc
 from batchscale.config import ConfigError, deep_merge, read_yaml, validate
 from batchscale.errors import DataError, UnsafeFileError
 
@@ -454,6 +455,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Before any tensor exists: glibc's defaults turn every few-MiB tensor into page faults.
+    tune_malloc()
     try:
         args.func(args)
     except (ConfigError, DataError, UnsafeFileError) as exc:

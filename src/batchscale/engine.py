@@ -39,10 +39,11 @@ EVAL_CHUNK = 8192  # examples per forward pass when evaluating, to bound memory
 # writing the state (about 6 ms per checkpoint on a CPU, with the history growing).
 CHECKPOINT_SECONDS = 10.0
 # On a CPU, members train one at a time when a packed layer's activations outgrow this
-# (resolve_strategy): about one core's L2 cache. Measured on the 2-core development machine
-# (1 MiB L2 per core), cnn1d with 8 members, two 1-thread jobs at once: packed 1.35x faster
-# than the loop at B=64 (1.2 MB per layer), the loop 1.09x faster at B=128 (2.5 MB).
-PACKED_CACHE_BYTES = 2 * 2**20
+# (resolve_strategy): a few MiB, the L2/L3 cache a core can count on. Measured on the 2-core
+# development machine (1 MiB L2 per core), cnn1d with 8 members, two 1-thread jobs at once,
+# malloc tuned (allocator.py), ms per epoch, packed against loop: B=128 (2.5 MB per layer)
+# 204-224 against 314-349; B=256 (5 MB) 243-269 against 247-275; B=512 224-233 against 197-201.
+PACKED_CACHE_BYTES = 4 * 2**20
 
 
 STRATEGIES = ("packed", "vmap", "loop")
@@ -89,9 +90,9 @@ def resolve_strategy(
     `auto` follows what was measured (docs/decisions.md, "How the members train together"):
     packed wherever the model has a packed form, except on a CPU when one packed layer of all
     members' activations outgrows the cache (PACKED_CACHE_BYTES): then the loop, whose
-    per-member activations stay in cache, is faster (cnn1d, 8 members, ms per step: B=128,
-    8.6-9.3 against 9.5-10.8; B=256, 14 against 17-20). The choice depends only on the
-    setup, never on a timing, so a rerun repeats it.
+    per-member activations stay in cache, is as fast or faster (cnn1d, 8 members, ms per
+    epoch: B=256, 247-275 against 243-269 packed; B=1024, 185-188 against 238-241). The
+    choice depends only on the setup, never on a timing, so a rerun repeats it.
     """
     if name == "packed" and not can_pack(model):
         raise ValueError(f"train.ensemble: {type(model).__name__} has no packed form; use vmap or loop")

@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 
 from batchscale import engine
+from batchscale.allocator import tune_malloc
 from batchscale.data import Dataset
 
 COLUMNS = ["model", "batch_size", "layout", "jobs", "threads", "seconds", "ms_per_model_epoch",
@@ -53,9 +54,10 @@ def compare_layouts(model_params: dict, data: Dataset, specs: list[engine.TrainS
     # One pool for every spec: a spawned worker takes over a second to import torch, which
     # would otherwise be paid again for each batch size (outside the timed spans, but inside
     # the bench's whole-machine step).
-    # Spawned, not forked: the jobs run in interpreters of their own, as Snakemake starts them.
+    # Spawned, not forked: the jobs run in interpreters of their own, as Snakemake starts them,
+    # with malloc set as the `batchscale` command sets it.
     context = mp.get_context("spawn")
-    with context.Manager() as manager, context.Pool(jobs) as pool:
+    with context.Manager() as manager, context.Pool(jobs, initializer=tune_malloc) as pool:
         parallel = []
         for spec in specs:
             barrier = manager.Barrier(jobs)
