@@ -125,6 +125,13 @@ def test_lanczos_of_the_zero_operator_is_zero():
     assert result == EigenResult(0.0, 1, True)
 
 
+def test_lanczos_of_a_diverged_member_is_nan_and_not_converged():
+    like = {"w": torch.zeros(3)}
+    for bad in (math.nan, math.inf):
+        result = _lanczos(lambda v, bad=bad: {"w": v["w"] * bad}, like)
+        assert math.isnan(result.value) and result.iterations == 1 and not result.converged
+
+
 def test_lanczos_works_on_a_dict_of_several_tensors():
     hvp_fn, like = quadratic_hvp([4.0, 3.0, 1.0, 0.5, 0.2, 0.1])
 

@@ -168,12 +168,17 @@ def _lanczos(
         basis.append(q)
         w = _flatten(hvp_fn(_unflatten(q, like)))
         alphas.append(float(w @ q))
+        if not math.isfinite(alphas[-1]):
+            # Weights of a diverged member (inf or NaN): there is no eigenvalue to find.
+            return EigenResult(math.nan, k, False)
         # Full reorthogonalisation, twice ("twice is enough"): in float32 the basis would
         # otherwise lose orthogonality and produce spurious copies of the top eigenvalue.
         stacked = torch.stack(basis)
         for _ in range(2):
             w = w - stacked.T @ (stacked @ w)
         beta = float(w.norm())
+        if not math.isfinite(beta):
+            return EigenResult(math.nan, k, False)
         tridiagonal = torch.diag(torch.tensor(alphas, dtype=torch.float64))
         if betas:
             off = torch.tensor(betas, dtype=torch.float64)
