@@ -143,12 +143,13 @@ def _lanczos(
     """Eigenvalue of largest MAGNITUDE of the symmetric operator `hvp_fn`, by Lanczos.
 
     `like` gives the shapes, dtypes and devices of the vectors. Step k adds H q_k to a Krylov
-    basis (fully reorthogonalised: at most `iters` vectors of the model's size) and takes the
+    basis (fully reorthogonalised: one vector of the model's size per step taken, so memory
+    grows with the steps to convergence, 6-12 on the study's CNNs) and takes the
     extreme eigenvalue of the small tridiagonal matrix it builds. It stops when that Ritz
     value's residual bound beta_k |s_k| is at most tol * |value| (converged) or after `iters`
     products. For a positive top eigenvalue its estimate is never below power iteration's after
     as many products from the same start (whose iterate lies in the same Krylov space); on
-    the study's trained CNNs it reached 1e-3 in 7-11 products where power iteration took 6-24
+    the study's trained CNNs it reached 1e-3 in 6-12 products where power iteration took 6-24
     and stopped up to 0.2% short of the eigenvalue (docs/decisions.md).
 
     Hand-written rather than scipy's ARPACK (`eigsh`): ARPACK counts restarts, not products,
