@@ -161,32 +161,42 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_time(args: argparse.Namespace) -> None:
     import pandas as pd
-    import torch
 
-    from batchscale import data, engine
+    from batchscale import data, engine, timing
     from batchscale.io import write_csv_atomic
 
     params = load_params(args.params)
     dataset = data.load(Path(args.data))
-    train, timing = params["train"], params["timing"]
+    train, settings = params["train"], params["timing"]
     device = engine.resolve_device(train["device"])
     # Snakemake may grant more threads than this machine has (`--cores 4` on 2 CPUs).
     most_threads = max(1, min(args.threads, len(os.sched_getaffinity(0))))
+    cells = [(batch_size, threads) for threads in sorted({1, most_threads}) for batch_size in args.batch_size]
+    timers = {}
+    for batch_size, threads in cells:
+        spec = engine.TrainSpec(
+            batch_size=batch_size, seeds=[train["seeds"][0]], lrs=[train["base_lr"]],
+            epochs=1, momentum=train["momentum"], weight_decay=train["weight_decay"],
+        )  # fmt: skip
+        timers[batch_size, threads] = timing.EpochTimer(
+            engine.Ensemble(params["model"], dataset, spec, device)
+        )
+    seconds = timing.interleaved_epoch_seconds(
+        timers, {cell: cell[1] for cell in cells}, settings["warmup_epochs"], settings["repeats"]
+    )
     for batch_size in args.batch_size:
-        rows = []
-        for threads in sorted({1, most_threads}):
-            torch.set_num_threads(threads)
-            spec = engine.TrainSpec(
-                batch_size=batch_size, seeds=[train["seeds"][0]], lrs=[train["base_lr"]],
-                epochs=1, momentum=train["momentum"], weight_decay=train["weight_decay"],
-            )  # fmt: skip
-            ensemble = engine.Ensemble(params["model"], dataset, spec, device)
-            seconds = engine.time_epochs(ensemble, timing["warmup_epochs"], timing["repeats"])
-            rows += [
-                {"batch_size": batch_size, "threads": threads, "device": str(device), "repeat": i,
-                 "epoch_seconds": s}
-                for i, s in enumerate(seconds)
-            ]  # fmt: skip
+        rows = [
+            {
+                "batch_size": batch_size,
+                "threads": threads,
+                "device": str(device),
+                "repeat": i,
+                "epoch_seconds": s,
+            }
+            for (size, threads), times in seconds.items()
+            if size == batch_size
+            for i, s in enumerate(times)
+        ]
         write_csv_atomic(Path(args.out_dir) / f"bs{batch_size}.csv", pd.DataFrame(rows))
 
 

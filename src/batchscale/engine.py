@@ -518,19 +518,3 @@ def _progress_line(rows: list[dict], state: EnsembleState, epochs: int, seconds:
         f"val {mean('val_loss'):.4f}  acc {mean('val_acc'):.3f}  best val {best_text}  "
         f"diverged {len(rows) - len(finite)}  {seconds:6.2f}s"
     )
-
-
-def time_epochs(ensemble: Ensemble, warmup: int, repeats: int) -> list[float]:
-    """Seconds per training epoch, after `warmup` untimed epochs (no evaluation timed)."""
-    state = ensemble.fresh_state()
-    sync = torch.cuda.synchronize if ensemble.device.type == "cuda" else (lambda: None)
-    for _ in range(warmup):
-        ensemble.train_epoch(state, ensemble.epoch_permutations(state))
-    times = []
-    for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        ensemble.train_epoch(state, ensemble.epoch_permutations(state))
-        sync()
-        times.append(time.perf_counter() - start)
-    return times

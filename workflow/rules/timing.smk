@@ -1,8 +1,9 @@
 # Honest epoch timings for C3/C9/C11: one job that claims every core, so it runs with the
 # machine to itself (no training job shares it), times every batch size of the grid at 1 thread
 # and at all threads (the command caps the thread count at the CPUs it may use, so `--cores 4`
-# on a 2-core machine times 2 threads). One job, not one per batch size: each whole-machine job
-# leaves the cores idle while Python and torch start (about 1.5 s).
+# on a 2-core machine times 2 threads), in rounds of one epoch of every cell (timing.py). One
+# job, not one per batch size: each whole-machine job leaves the cores idle while Python and
+# torch start (about 1.5 s).
 rule time_epochs:
     input:
         data=PREPARED,
