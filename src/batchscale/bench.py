@@ -21,13 +21,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from batchscale import engine
 from batchscale.data import Dataset
 from batchscale.models import build_model
+from batchscale.timing import synchronize
 
 MATMUL_SIZE = 512  # square matrices timed for the machine's matrix-multiply rate
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def median_seconds(run_epoch: Callable[[], None], repeats: int, device: torch.device) -> float:
@@ -35,10 +31,10 @@ def median_seconds(run_epoch: Callable[[], None], repeats: int, device: torch.de
     run_epoch()
     times = []
     for _ in range(repeats):
-        _sync(device)
+        synchronize(device)
         start = time.perf_counter()
         run_epoch()
-        _sync(device)
+        synchronize(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 

@@ -320,7 +320,7 @@ class Ensemble:
         return flat.norm(dim=2).mean(1)
 
     @torch.no_grad()
-    def train_epoch(self, state: EnsembleState, perms: torch.Tensor) -> torch.Tensor:
+    def train_epoch(self, state: EnsembleState, perms: torch.Tensor) -> EpochResult:
         """One pass over the training set for every member, in the order `perms` gives
         (one row per member, from `epoch_permutations`), in place on `state`.
 

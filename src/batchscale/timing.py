@@ -18,6 +18,12 @@ import torch
 from batchscale.engine import Ensemble
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work, so a wall-clock reading covers it (no-op on a CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 class EpochTimer:
     """Times whole training epochs of one ensemble, each continuing where the last one ended
     (no evaluation is timed)."""
@@ -26,15 +32,11 @@ class EpochTimer:
         self.ensemble = ensemble
         self.state = ensemble.fresh_state()
 
-    def _sync(self) -> None:
-        if self.ensemble.device.type == "cuda":
-            torch.cuda.synchronize(self.ensemble.device)
-
     def epoch_seconds(self) -> float:
-        self._sync()
+        synchronize(self.ensemble.device)
         start = time.perf_counter()
         self.ensemble.train_epoch(self.state, self.ensemble.epoch_permutations(self.state))
-        self._sync()
+        synchronize(self.ensemble.device)
         return time.perf_counter() - start
 
 
