@@ -311,24 +311,6 @@ def test_a_diverged_member_is_frozen_where_it_stopped(strategy):
     assert not torch.equal(state.params["net.0.weight"][0], healthy["net.0.weight"])  # member 0 trains
 
 
-def test_auto_strategy_packs_members_unless_their_activations_outgrow_a_cpu_cache(monkeypatch):
-    from batchscale import engine
-    from batchscale.engine import resolve_strategy
-
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    example = torch.zeros(12)
-    cnn, mlp = build_model(MODELS[1], 12, 3), build_model(MODELS[0], 12, 3)
-    # cnn1d with 4 channels on 12 inputs: its widest layer holds 4 x 5 values per example.
-    assert engine.widest_activation(cnn, example) == 20
-    per_example = 8 * 20 * 4  # members x values x bytes
-    monkeypatch.setattr(engine, "PACKED_CACHE_BYTES", 64 * per_example)
-    assert resolve_strategy("auto", cnn, 8, 64, cpu, example) == "packed"
-    assert resolve_strategy("auto", cnn, 8, 65, cpu, example) == "loop"
-    assert resolve_strategy("auto", cnn, 8, 4096, cuda, example) == "packed"  # no such cache limit on a GPU
-    assert resolve_strategy("auto", mlp, 1, 32, cpu, example) == "loop"  # one member: nothing to batch
-    assert resolve_strategy("vmap", cnn, 8, 4096, cpu, example) == "vmap"  # an explicit choice stands
-
-
 def test_a_model_without_a_packed_form_trains_by_vmap_and_refuses_packed():
     from batchscale.engine import resolve_strategy
 

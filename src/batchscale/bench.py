@@ -20,8 +20,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from batchscale import engine
 from batchscale.data import Dataset
+from batchscale.devices import synchronize
 from batchscale.models import build_model
-from batchscale.timing import synchronize
 
 MATMUL_SIZE = 512  # square matrices timed for the machine's matrix-multiply rate
 

@@ -1,7 +1,7 @@
 """The training engine: all seeds of a cell train together as one ensemble.
 
 The members' gradients come from one packed model, from `torch.func.vmap`, or from a loop
-over members (`resolve_strategy` picks; the maths is the same). Every member has its own
+over members (strategies.py; `resolve_strategy` picks, the maths is the same). Every member has its own
 initial weights (drawn with `torch.manual_seed(seed)`), its own shuffling generator (seeded
 with the same seed) and its own learning rate; the step is momentum SGD written out
 explicitly, so member k is the same computation as a plain single-model run with
@@ -19,16 +19,27 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, grad, grad_and_value, stack_module_state, vmap
+from torch.func import grad, stack_module_state, vmap
 
 from batchscale import packed
 from batchscale.data import Dataset
+from batchscale.devices import resolve_device, synchronize
 from batchscale.io import load_torch, save_torch_atomic
 from batchscale.models import build_model
 from batchscale.progress import EpochProgress
 from batchscale.scaling import warmup_fraction
+from batchscale.strategies import (
+    STRATEGIES,
+    can_pack,
+    make_strategy,
+    member_loss,
+    resolve_strategy,
+    widest_activation,
+)
+
+# Importable from here as before: the CLI, the bench and the tests name them as engine's.
+__all__ = ["STRATEGIES", "can_pack", "resolve_device", "resolve_strategy", "widest_activation"]
 
 CHECKPOINT_VERSION = 1
 # Examples whose per-example gradient norms mean_example_grad_norm averages (the batch's first).
@@ -38,75 +49,6 @@ EVAL_CHUNK = 8192  # examples per forward pass when evaluating, to bound memory
 # most this much training, and short epochs (a GPU's take milliseconds) are not dominated by
 # writing the state (about 6 ms per checkpoint on a CPU, with the history growing).
 CHECKPOINT_SECONDS = 10.0
-# On a CPU, members train one at a time when a packed layer's activations outgrow this
-# (resolve_strategy): a few MiB, the L2/L3 cache a core can count on. Measured on the 2-core
-# development machine (1 MiB L2 per core), cnn1d with 8 members, two 1-thread jobs at once,
-# malloc tuned (allocator.py), ms per epoch, packed against loop: B=128 (2.5 MB per layer)
-# 204-224 against 314-349; B=256 (5 MB) 243-269 against 247-275; B=512 224-233 against 197-201.
-PACKED_CACHE_BYTES = 4 * 2**20
-
-
-STRATEGIES = ("packed", "vmap", "loop")
-
-
-def resolve_device(name: str) -> torch.device:
-    """`auto` means CUDA when present, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def can_pack(model: nn.Module) -> bool:
-    """Whether the model has a packed form (models.py) and no buffers it would have to carry."""
-    return hasattr(model, "forward_packed") and not list(model.buffers())
-
-
-def widest_activation(model: nn.Module, example: torch.Tensor) -> int:
-    """Values per example in the model's largest layer output (one example through it)."""
-    sizes = []
-    hooks = [
-        m.register_forward_hook(lambda _m, _i, out: sizes.append(out[0].numel())) for m in model.modules()
-    ]
-    try:
-        with torch.no_grad():
-            model(example.unsqueeze(0))
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return max(sizes)
-
-
-def resolve_strategy(
-    name: str, model: nn.Module, members: int, batch_size: int, device: torch.device, example: torch.Tensor
-) -> str:
-    """How the members' gradients are computed; the maths is the same, only speed, memory and
-    float rounding differ:
-
-    - `packed`: all members as one wide model (packed.py): grouped convolutions and batched
-      matrix multiplies, plain autograd;
-    - `vmap`: `torch.func.vmap` over a functional call of the model: any module at all;
-    - `loop`: one member after another: the least memory at once.
-
-    `auto` follows what was measured (docs/decisions.md, "How the members train together"):
-    packed wherever the model has a packed form, except on a CPU when one packed layer of all
-    members' activations outgrows the cache (PACKED_CACHE_BYTES): then the loop, whose
-    per-member activations stay in cache, is as fast or faster (cnn1d, 8 members, ms per
-    epoch: B=256, 247-275 against 243-269 packed; B=1024, 185-188 against 238-241). The
-    choice depends only on the setup, never on a timing, so a rerun repeats it.
-    """
-    if name == "packed" and not can_pack(model):
-        raise ValueError(f"train.ensemble: {type(model).__name__} has no packed form; use vmap or loop")
-    if name != "auto":
-        return name
-    if members == 1:
-        return "loop"
-    if not can_pack(model):
-        return "vmap"
-    if device.type == "cpu":
-        packed_bytes = members * batch_size * widest_activation(model, example) * example.element_size()
-        if packed_bytes > PACKED_CACHE_BYTES:
-            return "loop"
-    return "packed"
 
 
 @dataclass(frozen=True)
@@ -190,69 +132,31 @@ class Ensemble:
         self.base: nn.Module = copy.deepcopy(models[0]).to("meta")
         self.peak_lrs = torch.tensor(spec.lrs, dtype=torch.float32, device=device)
         example = data.x_train[0]
+        # Chosen once: how the members train, and how they are evaluated (evaluation passes
+        # whole data sets, a far larger batch than training's).
         self.strategy = resolve_strategy(
             spec.strategy, models[0], len(models), spec.batch_size, device, example
         )
-        # Evaluation passes whole data sets, a far larger batch than training's.
         eval_batch = min(len(data.x_val), EVAL_CHUNK)
         self.eval_strategy = resolve_strategy(
             spec.strategy, models[0], len(models), eval_batch, device, example
         )
-        self._vmapped_grads = vmap(grad_and_value(self._loss))
+        self._training = make_strategy(self.strategy, self.base, len(models))
+        self._evaluation = make_strategy(self.eval_strategy, self.base, len(models))
         # Per-example gradients of every member: members outside, examples inside.
         self._per_example_grads = vmap(vmap(grad(self._example_loss), in_dims=(None, None, 0, 0)))
-        self._vmapped_logits = vmap(self._logits, in_dims=(0, 0, None))
 
     @property
     def members(self) -> int:
         return len(self.spec.seeds)
 
-    def _loss(self, params, buffers, x, y):
-        return F.cross_entropy(functional_call(self.base, (params, buffers), (x,)), y)
-
     def _example_loss(self, params, buffers, x, y):
-        return self._loss(params, buffers, x.unsqueeze(0), y.unsqueeze(0))
-
-    def _logits(self, params, buffers, x):
-        return functional_call(self.base, (params, buffers), (x,))
-
-    def _member(self, tensors: dict[str, torch.Tensor], m: int) -> dict[str, torch.Tensor]:
-        return {name: t[m] for name, t in tensors.items()}
+        return member_loss(self.base, params, buffers, x.unsqueeze(0), y.unsqueeze(0))
 
     def member_grads(self, params, buffers, x, y) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Every member's gradient of its mean loss on its own batch (x[m], y[m]), stacked like
         `params`, and the (members,) losses."""
-        if self.strategy == "vmap":
-            return self._vmapped_grads(params, buffers, x, y)
-        if self.strategy == "packed":
-            leaves = {name: p.detach().requires_grad_() for name, p in params.items()}
-            with torch.enable_grad():
-                losses = packed.member_losses(self.base.forward_packed(leaves, x), y)
-                grads = torch.autograd.grad(losses.sum(), list(leaves.values()))
-            return dict(zip(leaves, grads, strict=True)), losses.detach()
-        # One autograd graph with a leaf per member and parameter (views, no copies): the
-        # gradient of the summed losses with respect to member m's leaves is member m's own.
-        leaves = [
-            {name: p[m].detach().requires_grad_() for name, p in params.items()} for m in range(self.members)
-        ]
-        with torch.enable_grad():
-            losses = torch.stack(
-                [self._loss(leaves[m], self._member(buffers, m), x[m], y[m]) for m in range(self.members)]
-            )
-            flat = torch.autograd.grad(losses.sum(), [t for member in leaves for t in member.values()])
-        per_param = len(params)
-        grads = {name: torch.stack(flat[i::per_param]) for i, name in enumerate(params)}
-        return grads, losses.detach()
-
-    def _member_logits(self, params, buffers, x) -> torch.Tensor:
-        """Every member's logits on the same examples x: (members, examples, classes)."""
-        if self.eval_strategy == "vmap":
-            return self._vmapped_logits(params, buffers, x)
-        if self.eval_strategy == "packed":
-            return self.base.forward_packed(params, x.expand(self.members, *x.shape))
-        return torch.stack(
-            [self._logits(self._member(params, m), self._member(buffers, m), x) for m in range(self.members)]
-        )
+        return self._training.gradients(params, buffers, x, y)
 
     def fresh_state(self) -> EnsembleState:
         generators = [torch.Generator().manual_seed(seed) for seed in self.spec.seeds]
@@ -277,7 +181,7 @@ class Ensemble:
         correct = torch.zeros(self.members, device=self.device)
         for start in range(0, len(x), EVAL_CHUNK):
             xs, ys = x[start : start + EVAL_CHUNK], y[start : start + EVAL_CHUNK]
-            logits = self._member_logits(state.params, state.buffers, xs)
+            logits = self._evaluation.logits(state.params, state.buffers, xs)
             chunk_loss, chunk_correct = packed.member_sums(logits, ys)
             loss_sum += chunk_loss
             correct += chunk_correct
@@ -372,16 +276,35 @@ class Ensemble:
         train_loss: torch.Tensor | None,
         competition: torch.Tensor | None,
     ) -> list[dict]:
-        """Measure every member after an epoch; update best weights and divergence marks.
+        """Measure every member after an epoch, update its best weights and divergence mark,
+        and append its history row; returns the epoch's rows.
 
         `train_loss` is the epoch's running loss; at initialisation (None) the training set
         is evaluated instead. `competition` was measured at the start of the epoch.
         """
+        measured = self._measure(state, before, train_loss, competition)
+        self._update_marks(state, measured["train_loss"], measured["val_loss"])
+        measured["diverged"] = state.diverged_epoch >= 0
+        rows = self._history_rows(state, seconds, measured)
+        state.history.extend(rows)
+        return rows
+
+    def _measure(self, state, before, train_loss, competition) -> dict[str, torch.Tensor | None]:
+        """The history's per-member measurements of the current weights, on the device."""
         if train_loss is None:
             train_loss, _ = self.evaluate(state, self.data.x_train, self.data.y_train)
         val_loss, val_acc = self.evaluate(state, self.data.x_val, self.data.y_val)
-        dist = _per_member_norm(state.params, state.init)
-        update = _per_member_norm(state.params, before) if before is not None else None
+        return {
+            "train_loss": train_loss,
+            "grad_competition": competition,
+            "val_loss": val_loss,
+            "val_acc": val_acc,
+            "dist_from_init": _per_member_norm(state.params, state.init),
+            "update_norm": _per_member_norm(state.params, before) if before is not None else None,
+        }
+
+    def _update_marks(self, state: EnsembleState, train_loss: torch.Tensor, val_loss: torch.Tensor) -> None:
+        """Mark members that diverged this epoch; keep the weights of each one's best epoch."""
         # Diverged: a loss that is not finite, or 100x that of guessing uniformly (log C) --
         # such a run is blowing up even while its floats still hold numbers.
         limit = 100 * math.log(self.data.num_classes)
@@ -395,20 +318,14 @@ class Ensemble:
         state.best_epoch = torch.where(improved, state.epoch, state.best_epoch)
         for name, param in state.params.items():
             state.best[name] = torch.where(_member_view(improved, param), param, state.best[name])
+
+    def _history_rows(self, state: EnsembleState, seconds: float, measured: dict) -> list[dict]:
+        """One history row per member, with one host transfer per epoch (metrics stay on the
+        device until here)."""
         steps = self.spec.steps_per_epoch(len(self.data.x_train))
         last_step = max(state.epoch * steps - 1, 0)
         fraction = warmup_fraction(last_step, self.spec.warmup_epochs * steps)
-        columns = {
-            "train_loss": train_loss,
-            "grad_competition": competition,
-            "val_loss": val_loss,
-            "val_acc": val_acc,
-            "dist_from_init": dist,
-            "update_norm": update,
-            "diverged": state.diverged_epoch >= 0,
-        }
-        # One host transfer per epoch: metrics stay on the device until here.
-        host = {k: (v.tolist() if v is not None else [math.nan] * self.members) for k, v in columns.items()}
+        host = {k: (v.tolist() if v is not None else [math.nan] * self.members) for k, v in measured.items()}
         rows = []
         start = self.spec.warmup_start_lr
         for m, seed in enumerate(self.spec.seeds):
@@ -419,9 +336,8 @@ class Ensemble:
                 "lr": start + (self.spec.lrs[m] - start) * fraction,
                 "epoch_seconds": seconds,
             }
-            row.update({k: host[k][m] for k in columns})
+            row.update({k: host[k][m] for k in measured})
             rows.append(row)
-        state.history.extend(rows)
         return rows
 
 
@@ -481,16 +397,15 @@ def _train(
     else:
         progress.note(f"resuming from {checkpoint} at epoch {state.epoch}")
         progress.epoch(state.epoch, _mean_best_val(state), f"epoch {state.epoch} (from the checkpoint)")
-    sync = torch.cuda.synchronize if ensemble.device.type == "cuda" else (lambda: None)
     last_saved = None
     while state.epoch < ensemble.spec.epochs:
         before = {k: v.clone() for k, v in state.params.items()}
         perms = ensemble.epoch_permutations(state)
         example_grad_norm = ensemble.mean_example_grad_norm(state, perms)
-        sync()
+        synchronize(ensemble.device)
         start = time.perf_counter()
         result = ensemble.train_epoch(state, perms)
-        sync()
+        synchronize(ensemble.device)
         seconds = time.perf_counter() - start
         competition = result.grad_competition(example_grad_norm)
         rows = ensemble.record_epoch(state, seconds, before, result.train_loss, competition)

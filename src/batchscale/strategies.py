@@ -1,0 +1,176 @@
+"""How the members of an ensemble compute their gradients and logits: three ways, one maths.
+
+- `packed`: all members as one wide model (packed.py): grouped convolutions and batched
+  matrix multiplies, plain autograd;
+- `vmap`: `torch.func.vmap` over a functional call of the model: any module at all;
+- `loop`: one member after another: the least memory at once.
+
+Each is an object with the same two methods, `gradients` and `logits`, chosen once per
+ensemble by `resolve_strategy`; only speed, memory and float rounding differ. Why `auto`
+chooses as it does is measured in docs/decisions.md ("How the members train together").
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad_and_value, vmap
+
+from batchscale import packed
+
+Params = dict[str, torch.Tensor]
+
+STRATEGIES = ("packed", "vmap", "loop")
+# On a CPU, members train one at a time when a packed layer's activations outgrow this: a few
+# MiB, the L2/L3 cache a core can count on (docs/decisions.md has the measurements).
+PACKED_CACHE_BYTES = 4 * 2**20
+
+
+def member_loss(base: nn.Module, params: Params, buffers: Params, x: torch.Tensor, y: torch.Tensor):
+    """One member's mean cross-entropy on (x, y), with its own weights in `base`'s structure."""
+    return F.cross_entropy(functional_call(base, (params, buffers), (x,)), y)
+
+
+def member_logits(base: nn.Module, params: Params, buffers: Params, x: torch.Tensor) -> torch.Tensor:
+    return functional_call(base, (params, buffers), (x,))
+
+
+def _member(tensors: Params, m: int) -> Params:
+    return {name: t[m] for name, t in tensors.items()}
+
+
+class MemberStrategy(Protocol):
+    """Every member at once; tensors are stacked over members (dimension 0)."""
+
+    name: str
+
+    def gradients(self, params: Params, buffers: Params, x, y) -> tuple[Params, torch.Tensor]:
+        """Each member's gradient of its mean loss on its own batch (x[m], y[m]), stacked
+        like `params`, and the (members,) losses."""
+        ...
+
+    def logits(self, params: Params, buffers: Params, x: torch.Tensor) -> torch.Tensor:
+        """Each member's logits on the same examples x: (members, examples, classes)."""
+        ...
+
+
+class Packed:
+    name = "packed"
+
+    def __init__(self, base: nn.Module, members: int):
+        self.base, self.members = base, members
+
+    def gradients(self, params, buffers, x, y):
+        leaves = {name: p.detach().requires_grad_() for name, p in params.items()}
+        with torch.enable_grad():
+            losses = packed.member_losses(self.base.forward_packed(leaves, x), y)
+            grads = torch.autograd.grad(losses.sum(), list(leaves.values()))
+        return dict(zip(leaves, grads, strict=True)), losses.detach()
+
+    def logits(self, params, buffers, x):
+        return self.base.forward_packed(params, x.expand(self.members, *x.shape))
+
+
+class Vmapped:
+    name = "vmap"
+
+    def __init__(self, base: nn.Module, members: int):
+        self.base, self.members = base, members
+        self._grads = vmap(grad_and_value(self._loss))
+        self._logits = vmap(self._member_logits, in_dims=(0, 0, None))
+
+    def _loss(self, params, buffers, x, y):
+        return member_loss(self.base, params, buffers, x, y)
+
+    def _member_logits(self, params, buffers, x):
+        return member_logits(self.base, params, buffers, x)
+
+    def gradients(self, params, buffers, x, y):
+        return self._grads(params, buffers, x, y)
+
+    def logits(self, params, buffers, x):
+        return self._logits(params, buffers, x)
+
+
+class Looped:
+    name = "loop"
+
+    def __init__(self, base: nn.Module, members: int):
+        self.base, self.members = base, members
+
+    def gradients(self, params, buffers, x, y):
+        # One autograd graph with a leaf per member and parameter (views, no copies): the
+        # gradient of the summed losses with respect to member m's leaves is member m's own.
+        members = range(self.members)
+        leaves = [{name: p[m].detach().requires_grad_() for name, p in params.items()} for m in members]
+        with torch.enable_grad():
+            losses = torch.stack(
+                [member_loss(self.base, leaves[m], _member(buffers, m), x[m], y[m]) for m in members]
+            )
+            flat = torch.autograd.grad(losses.sum(), [t for member in leaves for t in member.values()])
+        per_param = len(params)
+        grads = {name: torch.stack(flat[i::per_param]) for i, name in enumerate(params)}
+        return grads, losses.detach()
+
+    def logits(self, params, buffers, x):
+        logits = []
+        for m in range(self.members):
+            logits.append(member_logits(self.base, _member(params, m), _member(buffers, m), x))
+        return torch.stack(logits)
+
+
+_BY_NAME = {cls.name: cls for cls in (Packed, Vmapped, Looped)}
+
+
+def make_strategy(name: str, base: nn.Module, members: int) -> MemberStrategy:
+    """The strategy object `resolve_strategy` named, for `members` copies of `base`."""
+    return _BY_NAME[name](base, members)
+
+
+def can_pack(model: nn.Module) -> bool:
+    """Whether the model has a packed form (models.py) and no buffers it would have to carry."""
+    return hasattr(model, "forward_packed") and not list(model.buffers())
+
+
+def widest_activation(model: nn.Module, example: torch.Tensor) -> int:
+    """Values per example in the model's largest layer output (one example through it)."""
+    sizes = []
+    hooks = [
+        m.register_forward_hook(lambda _m, _i, out: sizes.append(out[0].numel())) for m in model.modules()
+    ]
+    try:
+        with torch.no_grad():
+            model(example.unsqueeze(0))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return max(sizes)
+
+
+def resolve_strategy(
+    name: str, model: nn.Module, members: int, batch_size: int, device: torch.device, example: torch.Tensor
+) -> str:
+    """The strategy `name` (`train.ensemble`) stands for: itself, or what `auto` picks.
+
+    `auto` packs wherever the model has a packed form, except on a CPU when one packed layer
+    of all members' activations outgrows the cache (PACKED_CACHE_BYTES): then the loop, whose
+    per-member activations stay in cache, is as fast or faster. A model without a packed form
+    uses vmap; a single member loops. The choice depends only on the setup, never on a
+    timing, so a rerun repeats it.
+    """
+    if name == "packed" and not can_pack(model):
+        raise ValueError(f"train.ensemble: {type(model).__name__} has no packed form; use vmap or loop")
+    if name != "auto":
+        return name
+    if members == 1:
+        return "loop"
+    if not can_pack(model):
+        return "vmap"
+    if device.type == "cpu":
+        packed_bytes = members * batch_size * widest_activation(model, example) * example.element_size()
+        if packed_bytes > PACKED_CACHE_BYTES:
+            return "loop"
+    return "packed"
