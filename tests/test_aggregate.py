@@ -89,3 +89,30 @@ def test_jobs_table_has_one_row_per_training_job_with_its_peak_memory(tmp_path):
     sentence = jobs_sentence(jobs)
     assert "at most 2,000 MiB" in sentence or "at most 2000 MiB" in sentence
     assert "above the goal" in sentence and "bs64_lr0.02" in sentence
+
+
+def test_a_run_that_diverged_mid_way_has_no_statistics_at_all():
+    """Seed 1 blows up at epoch 3 of 4 after two good epochs: each of its statistics is NaN
+    (not the epochs before it), while what identifies it stays; seed 0 is summarised as usual."""
+    rows = []
+    for seed, diverged_at in ((0, None), (1, 3)):
+        for epoch in range(5):
+            bad = diverged_at is not None and epoch >= diverged_at
+            train, val = (np.nan, np.nan) if bad else (2.0 - 0.3 * epoch, 2.0 - 0.2 * epoch)
+            rows.append({"rule": "none", "batch_size": 32, "seed": seed, "epoch": epoch, "lr": 0.1,
+                         "train_loss": train, "val_loss": val,
+                         "val_acc": 0.5, "dist_from_init": 1.0 + epoch, "update_norm": 0.5,
+                         "grad_competition": 0.3, "diverged": bad})  # fmt: skip
+    runs = aggregate.run_summaries(pd.DataFrame(rows), pd.Series({32: 2.0})).set_index("seed")
+    statistics = [c for c in runs.columns if c not in aggregate.KEPT_WHEN_DIVERGED]
+    assert {"min_val_loss", "best_epoch", "train_loss_auc", "dist_final", "grad_competition", "min_passed",
+            "time_to_min_s", "mean_update_norm"} <= set(statistics)  # fmt: skip
+    assert runs.loc[1, statistics].isna().all(), runs.loc[1]
+    assert (runs.loc[1, "diverged_epoch"], runs.loc[1, "epochs"], runs.loc[1, "lr"]) == (3, 4, 0.1)
+    assert runs.loc[0, "min_val_loss"] == pytest.approx(1.2) and runs.loc[0, "best_epoch"] == 4
+    assert runs.loc[0, statistics].notna().all()
+    # The probes' statistics, merged in later, are blanked too.
+    probed = runs.reset_index().assign(top_eigenvalue_best=[1.0, 9.0], slice_curvature=[0.1, 0.9])
+    blanked = aggregate.leave_out_diverged(probed).set_index("seed")
+    assert blanked.loc[1, ["top_eigenvalue_best", "slice_curvature"]].isna().all()
+    assert blanked.loc[0, "top_eigenvalue_best"] == 1.0

@@ -159,3 +159,98 @@ def test_claims_that_rest_on_diverged_runs_say_so():
     for claim_id in ("C7", "C8", "C9"):
         assert "1 diverged runs (linear/bs256) are left out" in table.loc[claim_id, "summary"]
     assert "diverged" not in table.loc["C2", "summary"]  # C2 uses the constant-LR runs only
+
+
+NUMBERS = ["claim_id", "observed", "ci_low", "ci_high", "n_seeds", "verdict", *claims.PART_COLUMNS]
+
+
+def test_a_diverged_run_leaves_its_seed_out_of_every_claim_under_its_rule():
+    """runs.csv has NaN statistics for a diverged run: every claim comes out as if that seed
+    had not been run under that rule (C7-C9 pair linear/bs256 with the other cells by seed)."""
+    runs = synthetic_runs(+1)
+    runs["diverged_epoch"] = -1
+    blown = (runs["rule"] == "linear") & (runs["batch_size"] == 256) & (runs["seed"] == 0)
+    statistics = [c for c in runs.columns if c not in ("rule", "batch_size", "seed", "diverged_epoch")]
+    runs.loc[blown, "diverged_epoch"] = 3
+    runs = runs.astype({"min_passed": object})
+    runs.loc[blown, statistics] = np.nan
+    got = claims.decide_all(runs, synthetic_timing(+1), PARAMS)
+    unblown = runs[~((runs["rule"] == "linear") & (runs["seed"] == 0))]
+    without = claims.decide_all(unblown, synthetic_timing(+1), PARAMS)
+    pd.testing.assert_frame_equal(got[NUMBERS], without[NUMBERS])
+    got = got.set_index("claim_id")
+    assert got.loc["C7", "n_seeds"] == got.loc["C9", "part2_n_seeds"] == 5
+    assert got.loc["C2", "n_seeds"] == got.loc["C9", "part1_n_seeds"] == 6  # the 'none' runs keep seed 0
+
+
+def test_seeds_without_a_value_at_every_batch_size_do_not_count_toward_min_seeds():
+    """Four seeds of which two lack B=256 (diverged): two enter the statistic, fewer than
+    stats.min_seeds (3), so the claim is inconclusive and says how many entered."""
+    runs = synthetic_runs(+1, seeds=4)
+    runs.loc[(runs["batch_size"] == 256) & (runs["seed"] < 2), "min_val_loss"] = np.nan
+    c2 = claims.decide_all(runs, synthetic_timing(+1), PARAMS).set_index("claim_id").loc["C2"]
+    assert c2["n_seeds"] == 2
+    assert c2["verdict"] == "inconclusive"
+    assert "needs at least 3 seeds entering the statistic, has 2" in c2["summary"]
+    assert "mean over the 2 seeds" in c2["summary"]
+    full = claims.decide_all(synthetic_runs(+1, seeds=4), synthetic_timing(+1), PARAMS).set_index("claim_id")
+    assert (full.loc["C2", "n_seeds"], full.loc["C2", "verdict"]) == (4, "reproduced")
+
+
+def test_every_part_of_a_multi_part_claim_is_exposed_by_name():
+    """C9's row holds its first part (unscaled) in observed/ci, like C5 and C10; each part's
+    statistic, CI, seeds and verdict are in part<k>_* named by part<k>, and in metrics.json
+    under claims.<id>.parts.<name>."""
+    runs = synthetic_runs(+1)  # unscaled: rho(B, time) = +1; scaled: -1
+    table = claims.decide_all(runs, synthetic_timing(+1), PARAMS)
+    c9 = table.set_index("claim_id").loc["C9"]
+    assert (c9["part1"], c9["part2"]) == ("none", "linear")
+    assert c9["observed"] == c9["part1_observed"] > 0 > c9["part2_observed"]
+    assert (c9["ci_low"], c9["ci_high"], c9["n_seeds"]) == (c9["part1_ci_low"], c9["part1_ci_high"],
+                                                            c9["part1_n_seeds"])  # fmt: skip
+    assert "first part" in c9["rule"]
+    parts = table.set_index("claim_id")[["part1", "part2"]]
+    assert tuple(parts.loc["C5"]) == ("top_eigenvalue_best", "eps_sharpness_best")
+    assert tuple(parts.loc["C10"]) == ("mean_update_norm", "grad_competition")
+    assert tuple(parts.loc["C2"]) == tuple(parts.loc["C12"]) == ("", "")  # one statistic: no parts
+
+    metrics = claims.headline_metrics(table, runs)["claims"]
+    none, linear = metrics["C9"]["parts"]["none"], metrics["C9"]["parts"]["linear"]
+    assert metrics["C9"]["observed"] == none["observed"] == pytest.approx(c9["part1_observed"])
+    assert linear["observed"] == pytest.approx(c9["part2_observed"]) and linear["ci_high"] < 0
+    assert (none["verdict"], linear["verdict"], linear["reproduced"], linear["n_seeds"]) == (
+        "reproduced", "reproduced", 1, 6)  # fmt: skip
+    assert set(metrics["C5"]["parts"]) == {"top_eigenvalue_best", "eps_sharpness_best"}
+    assert "parts" not in metrics["C2"]
+
+    from batchscale import report
+
+    runs.loc[runs["rule"] == "linear", "time_to_min_s"] *= runs["batch_size"]  # scaled now slower
+    failed = claims.decide_all(runs, synthetic_timing(+1), PARAMS).set_index("claim_id", drop=False)
+    c9 = failed.loc["C9"]
+    assert (c9["part1_verdict"], c9["part2_verdict"], c9["verdict"]) == ("reproduced", "not reproduced",
+                                                                         "not reproduced")  # fmt: skip
+    assert claims.headline_metrics(failed, runs)["claims"]["C9"]["parts"]["linear"]["reproduced"] == 0
+    header = report.claim_header(c9, 0.95)
+    assert "none: " in header and "linear: " in header and "6 seeds (not reproduced)" in header
+
+
+def test_timing_claims_count_repeats_not_seeds():
+    from batchscale import report
+
+    table = claims.decide_all(synthetic_runs(+1), synthetic_timing(+1, repeats=5), PARAMS)
+    by_id = table.set_index("claim_id", drop=False)
+    assert dict(zip(table["claim_id"], table["unit"], strict=True)) == {
+        f"C{i}": "repeats" if i in (3, 11) else "seeds" for i in range(1, 13)
+    }
+    for claim_id in ("C3", "C11"):
+        c = by_id.loc[claim_id]
+        assert c["n_seeds"] == 5 and "over 5 timing repeats" in c["summary"]
+        assert "bootstrap CI over repeats" in c["rule"] and "over seeds" not in c["rule"]
+        assert "5 repeats" in report.claim_header(c, 0.95)
+    assert "bootstrap CI over seeds" in by_id.loc["C2", "rule"]
+    html = report.claims_table(table, 0.95)
+    assert html[html.index('href="#C3"') : html.index('href="#C4"')].count(">5 repeats<") == 1
+    few = claims.decide_all(synthetic_runs(+1), synthetic_timing(+1, repeats=2), PARAMS).set_index("claim_id")
+    assert few.loc["C3", "verdict"] == "inconclusive"
+    assert "needs at least 3 repeats entering the statistic, has 2" in few.loc["C3", "summary"]

@@ -121,3 +121,24 @@ def test_each_data_set_and_model_keeps_its_results_in_its_own_folder():
     assert not set(run_dirs(default)) & set(run_dirs(mnist)) and not set(probe_dirs(default)) & set(
         probe_dirs(mnist)
     )
+
+
+def test_a_noise_scale_batch_larger_than_the_probe_subset_is_refused_before_any_job(tmp_path):
+    """The noise scale cuts batches of probes.noise_batch_size from the probe subset (the first
+    probes.examples training examples): a larger batch leaves no batch at all, and a NaN."""
+    shipped = load([ROOT / "params.yaml"])
+    assert shipped["probes"]["noise_batch_size"] <= shipped["probes"]["examples"]
+    with pytest.raises(ConfigError) as err:
+        validate({"probes": {"examples": 50, "noise_batch_size": 100}})
+    message = str(err.value)
+    assert message.startswith("probes.noise_batch_size:") and "probes.examples" in message, message
+    assert "100" in message and "50" in message and "\n" not in message
+    with pytest.raises(ConfigError, match=r"^probes.noise_batch_size: .*probes.examples"):
+        validate({"probes": {"examples": 99}})  # the default batch, 100, no longer fits
+    assert validate({"probes": {"examples": 50, "noise_batch_size": 50}})["probes"]["noise_batch_size"] == 50
+    # The subset is never larger than the training set: a user's 64 examples cannot hold a batch of 100.
+    own = tmp_path / "mine.npz"
+    np.savez(own, **random_arrays(n_train=64))
+    with pytest.raises(ConfigError, match=r"^probes.noise_batch_size: .*training set \(64"):
+        validate({"data": {"name": "npz", "path": str(own)}, "probes": {"examples": 1000}})
+    validate({"data": {"name": "npz", "path": str(own)}, "probes": {"noise_batch_size": 64}})

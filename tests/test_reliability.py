@@ -400,7 +400,7 @@ def test_cli_refuses_a_malicious_checkpoint_or_weights_file(tmp_path, capsys, co
     name = "checkpoint.pt" if command == "train" else "weights.pt"
     torch.save({"version": 1, "payload": Evil(marker)}, run_dir / name)
     params = json.dumps({"model": {"name": "mlp", "hidden": [4]}, "train": {"epochs": 1, "seeds": [0]},
-                         "probes": {"examples": 8}})  # fmt: skip
+                         "probes": {"examples": 8, "noise_batch_size": 8}})  # fmt: skip
     common = ["--params", params, "--data", str(tiny_data(tmp_path))]
     if command == "train":
         argv = ["train", *common, "--batch-size", "8", "--lr", "0.1", "--out-dir", str(run_dir)]
@@ -434,8 +434,8 @@ DIVERGING = {
     "train": {"base_lr": 3.2, "base_batch_size": 128, "epochs": 4},
     "grid": {"batch_sizes": [32]},
     "timing": {"repeats": 1},
-    "probes": {"examples": 50, "hessian_iters": 3, "ascent_steps": 1, "slice_points": 3, "contour_points": 3,
-               "interpolation_points": 3},
+    "probes": {"examples": 50, "noise_batch_size": 50, "hessian_iters": 3, "ascent_steps": 1,
+               "slice_points": 3, "contour_points": 3, "interpolation_points": 3},
     "stats": {"bootstrap": 100},
 }  # fmt: skip
 DIVERGED_RUN, STABLE_RUN = "results/mnist1d-cnn1d/runs/bs32_lr3.2", "results/mnist1d-cnn1d/runs/bs32_lr0.8"
@@ -509,3 +509,87 @@ def test_dvc_notices_a_hand_edited_data_file_and_repro_restores_it(diverging_stu
     assert md5(prepared) == original
     assert "Stage 'study' didn't change" in repro.stdout, repro.stdout
     assert "up to date" in run(["dvc", "status"], project).stdout
+
+
+# --- 7b. a member that diverges mid-run is left out of every claim statistic (issue 12) ------
+
+
+def engine_history(batch_size: int, lrs: list[float], epochs: int, warmup: tuple[int, float] = (0, 0.0)):
+    """A real ensemble run (the engine, one member per seed 0..len(lrs)-1) on random data."""
+    import io
+
+    from batchscale.data import Dataset
+    from batchscale.engine import Ensemble, TrainSpec, train
+    from batchscale.progress import EpochProgress
+
+    arrays = {k: torch.from_numpy(v) for k, v in random_arrays(seed=0).items()}
+    spec = TrainSpec(batch_size=batch_size, seeds=list(range(len(lrs))), lrs=lrs, epochs=epochs, momentum=0.9,
+                     warmup_epochs=warmup[0], warmup_start_lr=warmup[1])  # fmt: skip
+    ensemble = Ensemble({"name": "mlp", "hidden": [16, 8]}, Dataset(**arrays, num_classes=3), spec,
+                        torch.device("cpu"))  # fmt: skip
+    return pd.DataFrame(train(ensemble, progress=EpochProgress(epochs, stream=io.StringIO())).history)
+
+
+def test_a_member_diverging_mid_run_is_left_out_of_every_claim_statistic(tmp_path):
+    """Seed 4 of linear/bs32 trains normally for a few epochs, then its LR (ramped up by a
+    warm-up to 1000x its cell's) blows it up. runs.csv has NaN for each of its statistics, not
+    the ones of its epochs before, and every claim is decided as if that run's seed had not
+    been run under the linear rule (its pairing across batch sizes is broken)."""
+    from batchscale import aggregate, claims
+    from batchscale.config import Cell
+
+    epochs, seeds, blown_seed = 6, 5, 4
+    grid = {("none", 8): 0.05, ("none", 16): 0.05, ("none", 32): 0.05,
+            ("linear", 8): 0.05, ("linear", 16): 0.1, ("linear", 32): 0.2}  # fmt: skip
+    cells = [Cell(rule, b, lr) for (rule, b), lr in grid.items()]
+    for cell in cells:
+        path = tmp_path / cell.run_dir / "history.csv"
+        if path.exists():  # the base batch size's run is shared by both rules
+            continue
+        lrs, warmup = [cell.lr] * seeds, (0, 0.0)
+        if (cell.rule, cell.batch_size) == ("linear", 32):
+            lrs[blown_seed], warmup = 1000 * cell.lr, (4, cell.lr)
+        path.parent.mkdir(parents=True)
+        write_csv_atomic(path, engine_history(cell.batch_size, lrs, epochs, warmup))
+    timing = pd.DataFrame(
+        [{"batch_size": b, "threads": t, "repeat": r, "epoch_seconds": (0.2 + 0.01 * r) * 16 / b / t**0.5,
+          "device": "cpu"} for b in (8, 16, 32) for t in (1, 2) for r in range(4)]
+    )  # fmt: skip
+    write_csv_atomic(tmp_path / "timing.csv", timing)
+    tables = tmp_path / "tables"
+    aggregate.aggregate(cells, [tmp_path / "timing.csv"], tables, root=tmp_path, num_train=64)
+
+    history = pd.read_csv(tables / "history.csv")
+    member = history.set_index(["rule", "batch_size", "seed"]).loc[("linear", 32, blown_seed)]
+    runs = pd.read_csv(tables / "runs.csv")
+    blown = (runs["rule"] == "linear") & (runs["batch_size"] == 32) & (runs["seed"] == blown_seed)
+    k = runs.loc[blown, "diverged_epoch"].item()
+    # The premise: it diverged mid-run, after epochs whose numbers were finite; no other run diverged.
+    assert 2 <= k < epochs, k
+    before = member[member["epoch"].between(1, k - 1)]
+    assert np.isfinite(before[["val_loss", "train_loss"]]).all(axis=None)
+    assert (runs.loc[~blown, "diverged_epoch"] == -1).all()
+
+    statistics = [c for c in runs.columns if c not in aggregate.KEPT_WHEN_DIVERGED]
+    assert {"min_val_loss", "train_loss_auc", "dist_final", "best_epoch", "val_acc_at_best",
+            "final_train_loss", "dist_best", "mean_update_norm", "min_passed", "time_to_min_s",
+            "grad_competition"} <= set(statistics)  # fmt: skip
+    assert runs.loc[blown, statistics].isna().all(axis=None), runs.loc[blown, statistics]
+    assert runs.loc[blown, ["lr", "epochs"]].notna().all(axis=None)
+    healthy = runs.loc[~blown, ["min_val_loss", "train_loss_auc", "dist_final", "best_epoch"]]
+    assert healthy.notna().all(axis=None)
+
+    params = validate({"stats": {"bootstrap": 200}})
+    timing = pd.read_csv(tables / "timing.csv")
+    got = claims.decide_all(runs, timing, params)
+    unblown = runs[~((runs["rule"] == "linear") & (runs["seed"] == blown_seed))]
+    expected = claims.decide_all(unblown, timing, params)
+    numbers = ["claim_id", "observed", "ci_low", "ci_high", "n_seeds", "verdict", *claims.PART_COLUMNS]
+    pd.testing.assert_frame_equal(got[numbers], expected[numbers])
+    got = got.set_index("claim_id")
+    assert got.loc["C2", "n_seeds"] == seeds  # the constant-LR claims keep seed 4
+    assert got.loc["C7", "n_seeds"] == got.loc["C8", "n_seeds"] == seeds - 1
+    assert (got.loc["C9", "part1"], got.loc["C9", "part2"]) == ("none", "linear")
+    assert (got.loc["C9", "part1_n_seeds"], got.loc["C9", "part2_n_seeds"]) == (seeds, seeds - 1)
+    for claim_id in ("C7", "C8", "C9"):
+        assert "1 diverged runs (linear/bs32) are left out" in got.loc[claim_id, "summary"]

@@ -475,3 +475,55 @@ def test_empty_settings_are_left_out_of_the_setup_lists():
     listed = report.definition_list({"data set": "mnist1d", "path": "", "seed": 42, "note": None})
     assert "data set" in listed and "seed" in listed
     assert "path" not in listed and "note" not in listed
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ({"name": "npz", "path": "elsewhere/mine.npz"}, "data/prepared/user_mine.json"),
+        ({"name": "mnist1d", "path": ""}, "data/prepared/mnist1d.json"),
+    ],
+)
+def test_the_default_data_description_is_the_one_the_data_step_prepares(monkeypatch, tmp_path, data,
+                                                                       expected):  # fmt: skip
+    """Without --data-info the report reads the .json beside the prepared .npz (config.prepared_path:
+    user_<stem> for a user's file), not one named after data.name."""
+    from batchscale.config import prepared_path
+
+    assert expected == str(Path(prepared_path({"data": data})).with_suffix(".json"))
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def capture(tables, claims, params, data_info, studies=()):
+        seen["data_info"] = data_info
+        raise Stop
+
+    monkeypatch.setattr(report, "notebook_parameters", capture)
+    with pytest.raises(Stop):
+        report.render(NOTEBOOK, tmp_path, tmp_path / "claims.csv", {"data": data}, tmp_path / "x.ipynb",
+                      tmp_path / "report.html")  # fmt: skip
+    assert seen["data_info"] == Path(expected)
+
+
+def test_a_diverged_run_is_not_counted_as_one_that_had_not_passed_its_minimum():
+    """A diverged run has no statistics (runs.csv: NaN), so no min_passed: the note on runs cut
+    off by the epoch budget leaves it out, as the claims do, and the divergence note names it."""
+    from batchscale.report import diverged_note, unpassed_runs
+
+    runs = pd.DataFrame(
+        {
+            "rule": ["none"] * 3,
+            "batch_size": [32] * 3,
+            "seed": [0, 1, 2],
+            "epochs": [10] * 3,
+            "min_passed": [True, True, float("nan")],
+            "diverged_epoch": [-1, -1, 4],
+        }
+    )
+    assert unpassed_runs(runs).empty
+    runs.loc[1, "min_passed"] = False
+    table = unpassed_runs(runs)
+    assert table[["unpassed", "runs"]].values.tolist() == [[1, 2]]  # 1 of the 2 seeds that did not diverge
+    assert "none/B=32 seed 2 (epoch 4)" in diverged_note(runs) and "every statistic" in diverged_note(runs)

@@ -63,3 +63,19 @@ def test_combine_needs_every_part():
     assert stats.combine([stats.REPRODUCED, stats.REPRODUCED]) == stats.REPRODUCED
     assert stats.combine([stats.REPRODUCED, stats.INCONCLUSIVE]) == stats.INCONCLUSIVE
     assert stats.combine([stats.INCONCLUSIVE, stats.NOT_REPRODUCED]) == stats.NOT_REPRODUCED
+
+
+def test_a_seed_missing_a_batch_size_is_left_out_of_the_trend_and_its_count():
+    """A diverged run leaves NaN in its seed's row: that seed has no rho (not one over the
+    other batch sizes), and the estimate counts the seeds it rests on."""
+    t = table(0.05, 0.05, seeds=6)
+    t.iloc[0, 1] = np.nan
+    rhos = stats.per_seed_spearman(t)
+    assert list(rhos.index) == [1, 2, 3, 4, 5]
+    est = stats.rank_trend(t, 300, 0.95, seed=1)
+    assert est == stats.rank_trend(t.drop(index=0), 300, 0.95, seed=1)
+    assert est.n == 5
+    assert stats.rank_trend(table(0.0, 0.0), 300, 0.95, seed=1).n == 0  # constant rows: no rho at all
+    assert len(stats.complete_rows(t)) == 5
+    # paired_bootstrap resamples every row it is given
+    assert stats.paired_bootstrap(t, lambda d: d[32].mean(), 100, 0.95, seed=0).n == 6

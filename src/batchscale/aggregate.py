@@ -19,6 +19,13 @@ TARGET_MARGIN = 0.05
 # epoch and the loss has since risen by more than this fraction of it.
 MIN_PASSED_RISE = 0.01
 
+# The columns of runs.csv a diverged run keeps: what identifies it and how it ran, the study's
+# target, and when it first reached that target (steps to target, which counts a run that never
+# does as infinitely many steps, is not a claim statistic). Every other column -- every
+# statistic a claim or figure is decided on, the probes' included -- is NaN for it.
+KEPT_WHEN_DIVERGED = ("rule", "batch_size", "seed", "lr", "epochs", "diverged_epoch",
+                      "target_val_loss", "epochs_to_target", "steps_to_target")  # fmt: skip
+
 
 def _labelled(frame: pd.DataFrame, cell: Cell) -> pd.DataFrame:
     frame = frame.drop(columns=["rule", "batch_size"], errors="ignore")
@@ -111,11 +118,29 @@ def probe_summaries(sharpness: pd.DataFrame, slices: pd.DataFrame) -> pd.DataFra
     return wide.reset_index().merge(slice_curvature(slices), on=keys, how="left")
 
 
+def leave_out_diverged(runs: pd.DataFrame) -> pd.DataFrame:
+    """`runs` with NaN for every statistic of a run that diverged (diverged_epoch >= 0), all
+    but the columns in KEPT_WHEN_DIVERGED: what a member measured before it blew up is not
+    evidence about a claim, so it must not enter one (docs/decisions.md)."""
+    if runs.empty or "diverged_epoch" not in runs:
+        return runs
+    diverged = runs["diverged_epoch"] >= 0
+    blanked = [c for c in runs.columns if c not in KEPT_WHEN_DIVERGED]
+    if diverged.any() and blanked:
+        # Integer columns become float and boolean ones object, so that they can hold NaN.
+        kinds = {c: "object" if runs[c].dtype == bool else float for c in blanked
+                 if runs[c].dtype == bool or pd.api.types.is_integer_dtype(runs[c])}  # fmt: skip
+        runs = runs.astype(kinds)
+        runs.loc[diverged, blanked] = np.nan
+    return runs
+
+
 def run_summaries(history: pd.DataFrame, seconds_per_epoch: pd.Series) -> pd.DataFrame:
     """One row per run (rule, batch size, seed): the quantities the claims are decided on.
 
     `seconds_per_epoch` maps batch size to the timing rule's median seconds per epoch (all
-    thread, machine to itself); time to the minimum is the epochs it took times that.
+    thread, machine to itself); time to the minimum is the epochs it took times that. A run
+    that diverged has NaN for all of them (`leave_out_diverged`).
     """
     trained = history[history["epoch"] > 0]
     rows = []
@@ -153,7 +178,7 @@ def run_summaries(history: pd.DataFrame, seconds_per_epoch: pd.Series) -> pd.Dat
             )
             row["time_to_min_s"] = row["best_epoch"] * seconds_per_epoch.get(batch_size, np.nan)
         rows.append(row)
-    return pd.DataFrame(rows)
+    return leave_out_diverged(pd.DataFrame(rows))
 
 
 def target_val_loss(runs: pd.DataFrame) -> float:
@@ -236,6 +261,7 @@ def aggregate(
     probed = probe_summaries(sharpness, slices)
     if len(probed.columns) > 3:
         runs = runs.merge(probed, on=["rule", "batch_size", "seed"], how="left")
+    runs = leave_out_diverged(runs)  # the probes' statistics too
     write_csv_atomic(tables_dir / "sharpness.csv", sharpness)
     write_csv_atomic(tables_dir / "slices.csv", slices)
     write_csv_atomic(tables_dir / "noise.csv", noise)

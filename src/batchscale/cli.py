@@ -12,46 +12,17 @@ import hashlib
 import json
 import math
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
-from batchscale import __version__
+from batchscale import __version__, config, provenance
 from batchscale.allocator import tune_malloc
-from batchscale.config import ConfigError, deep_merge, read_yaml, validate
+from batchscale.config import ConfigError
 from batchscale.errors import DataError, UnsafeFileError
 
-
-def load_params(sources: list[str]) -> dict:
-    """Merge `--params` values (files or inline JSON mappings), then validate."""
-    merged: dict = {}
-    for source in sources or ["params.yaml"]:
-        if source.lstrip().startswith("{"):
-            try:
-                layer = json.loads(source)
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"--params: inline JSON is malformed ({exc})") from None
-        else:
-            layer = read_yaml(source)
-        merged = deep_merge(merged, layer)
-    return validate(merged)
-
-
-def software_versions() -> dict:
-    import numpy
-    import pandas
-    import torch
-
-    return {
-        "batchscale": __version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": numpy.__version__,
-        "pandas": pandas.__version__,
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-    }
+# `--params` values: files or inline JSON mappings, merged then validated.
+load_params = config.load
 
 
 def cmd_check(args: argparse.Namespace) -> None:
@@ -151,7 +122,7 @@ def cmd_train(args: argparse.Namespace) -> None:
             **peak_memory_mb(device),
             "diverged_epoch": state.diverged_epoch.tolist(),
             "params": {k: params[k] for k in ("data", "model", "train")},
-            "versions": software_versions(),
+            "versions": provenance.software_versions(),
         },
     )
     # history.csv last: it is what marks the run complete for anyone reading the folder.

@@ -7,6 +7,7 @@ module says what a valid one is. Every error is one line naming the key and its 
 from __future__ import annotations
 
 import copy
+import json
 import math
 import re
 from dataclasses import dataclass
@@ -128,6 +129,26 @@ def expected_train_size(data: dict) -> int:
     return math.floor(total * data["train_split"])  # as train_test_split cuts
 
 
+def check_noise_batch(probes: dict, data: dict | None) -> None:
+    """The gradient noise scale cuts batches of `noise_batch_size` from the probe subset, the
+    first `examples` training examples (all of them when the training set is smaller): a batch
+    larger than the subset leaves no batch at all, and the noise scale NaN."""
+    size, examples = probes["noise_batch_size"], probes["examples"]
+    if size > examples:
+        raise ConfigError(
+            f"probes.noise_batch_size: {size} exceeds probes.examples ({examples}), the probe subset "
+            "the noise scale cuts its batches from (use at most probes.examples)"
+        )
+    if data is None:
+        return
+    num_train = expected_train_size(data)
+    if size > num_train:
+        raise ConfigError(
+            f"probes.noise_batch_size: {size} exceeds the training set ({num_train} examples), "
+            "of which the probe subset is a part (use at most the training set's size)"
+        )
+
+
 def check_consistency(params: dict, given: set[str]) -> None:
     """Cross-field rules the schema cannot express, on the sections that were given.
 
@@ -146,6 +167,8 @@ def check_consistency(params: dict, given: set[str]) -> None:
                 f"model.name: cnn2d needs square images, but data.name {params['data']['name']!r} "
                 f"gives sequences of {features} values (use mlp or cnn1d)"
             )
+    if "probes" in given:
+        check_noise_batch(params["probes"], params["data"] if "data" in given else None)
     if "grid" not in given:
         return
     num_train = expected_train_size(params["data"])
@@ -156,11 +179,19 @@ def check_consistency(params: dict, given: set[str]) -> None:
             )
 
 
-def load(paths: list[Path | str]) -> dict:
-    """Read and merge parameter files (later ones win), then validate."""
+def load(sources: list[str] | None) -> dict:
+    """Merge parameter sources, later ones winning (YAML files, or inline JSON mappings as
+    Snakemake passes each step its sections), then validate. No sources: params.yaml."""
     merged: dict = {}
-    for path in paths:
-        merged = deep_merge(merged, read_yaml(path))
+    for source in sources or ["params.yaml"]:
+        if str(source).lstrip().startswith("{"):
+            try:
+                layer = json.loads(source)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"--params: inline JSON is malformed ({exc})") from None
+        else:
+            layer = read_yaml(source)
+        merged = deep_merge(merged, layer)
     return validate(merged)
 
 
@@ -222,9 +253,10 @@ def cells(params: dict) -> list[Cell]:
     return out
 
 
-# What a run key looks like (Snakemake's wildcard constraint), and the same with its parts named.
-RUN_KEY_PATTERN = r"bs\d+_lr[0-9][0-9.e+-]*?(?:_wu\d+)?"
+# What a run key looks like, its parts named; and the same without the names, for Snakemake's
+# wildcard constraint (which wraps it in a group named after the wildcard).
 RUN_KEY = re.compile(r"bs(?P<batch_size>\d+)_lr(?P<lr>[0-9][0-9.e+-]*?)(?:_wu(?P<warmup>\d+))?")
+RUN_KEY_PATTERN = re.sub(r"\(\?P<\w+>", "(?:", RUN_KEY.pattern)
 
 
 def parse_run_key(key: str) -> tuple[int, float, int]:

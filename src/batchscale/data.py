@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,8 +191,3 @@ def load(path: Path) -> Dataset:
     tensors["y_train"] = tensors["y_train"].long()
     tensors["y_val"] = tensors["y_val"].long()
     return Dataset(**tensors, num_classes=int(arrays["y_train"].max()) + 1, sha256=sha256)
-
-
-def describe(path: Path) -> dict:
-    """The JSON description written by `prepare` beside the data file."""
-    return json.loads(path.with_suffix(".json").read_text())

@@ -373,23 +373,26 @@ def epoch_seconds_vs_batch(timing: pd.DataFrame) -> Figure:
     return fig
 
 
-def parallel_speedup(timing: pd.DataFrame) -> pd.Series:
-    """Median seconds per epoch at 1 thread / at the most threads timed, by batch size."""
-    medians = timing.groupby(["batch_size", "threads"])["epoch_seconds"].median().unstack("threads")
-    return (medians[medians.columns.min()] / medians[medians.columns.max()]).rename("speedup")
-
-
 @_styled
 def parallel_speedup_vs_batch(timing: pd.DataFrame) -> Figure:
-    """Speed-up from all threads over one thread vs batch size (the C11 picture)."""
-    speedup = parallel_speedup(timing)
+    """Speed-up from all threads over one thread vs batch size (the C11 picture): each timing
+    repeat's speed-up as a point, their median as the line."""
+    from batchscale.timing import speedup_by_repeat
+
+    by_repeat = speedup_by_repeat(timing)
+    speedup = by_repeat.median()
     most = int(timing["threads"].max())
     fig = Figure(figsize=(6.0, 3.4), layout="constrained")
     ax = fig.subplots()
-    ax.plot(speedup.index, speedup.values, "o-", color="#C44E52", ms=6)
+    ax.plot(speedup.index, speedup.values, "o-", color="#C44E52", ms=6,
+            label=f"median of {len(by_repeat)} repeats")  # fmt: skip
+    points = by_repeat.melt(var_name="batch_size", value_name="speedup").dropna()
+    ax.scatter(points["batch_size"], points["speedup"], s=14, alpha=0.45, color="#C44E52", lw=0,
+               label="one timing repeat")  # fmt: skip
     ax.axhline(1.0, color="grey", lw=1, ls="--")
     log2_batch_axis(ax, list(speedup.index))
     ax.set_ylabel(f"speed-up, {_thread_label(most)} vs 1 thread")
+    ax.legend(frameon=False, fontsize="small")
     return fig
 
 
@@ -399,11 +402,12 @@ def _split_comparison(comparison: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFr
     return comparison[is_loss], comparison[~is_loss]
 
 
-def _article_vs_ours_panel(ax: Axes, rows: pd.DataFrame, xlabel: str) -> None:
+def _article_vs_ours_panel(ax: Axes, rows: pd.DataFrame, xlabel: str, confidence: float) -> None:
     y = np.arange(len(rows))[::-1]
     ours = rows["ours"].to_numpy(float)
     err = np.vstack([ours - rows["ci_low"].to_numpy(float), rows["ci_high"].to_numpy(float) - ours])
-    ax.errorbar(ours, y, xerr=np.nan_to_num(err), fmt="o", color="#4C72B0", capsize=3, label="ours (95% CI)")
+    ax.errorbar(ours, y, xerr=np.nan_to_num(err), fmt="o", color="#4C72B0", capsize=3,
+                label=f"ours ({confidence:.0%} CI)")  # fmt: skip
     ax.scatter(rows["article"], y, marker="D", color=ARTICLE_COLOUR, zorder=3, label="article")
     ax.set_yticks(y)
     ax.set_yticklabels(rows["quantity"])
@@ -413,11 +417,16 @@ def _article_vs_ours_panel(ax: Axes, rows: pd.DataFrame, xlabel: str) -> None:
 
 @_styled
 def article_vs_ours(
-    comparison: pd.DataFrame, most_of_gap: float | None = None, small_gap: float | None = None
+    comparison: pd.DataFrame,
+    most_of_gap: float | None = None,
+    small_gap: float | None = None,
+    *,
+    confidence: float,
 ) -> Figure:
     """C7/C8: the article's numbers beside ours (with CIs), losses and fractions in two panels.
 
-    `most_of_gap` / `small_gap` draw the verdict thresholds of C7 and C8 when given.
+    `most_of_gap` / `small_gap` draw the verdict thresholds of C7 and C8 when given;
+    `confidence` is the level of the intervals (stats.confidence), as the legend says.
     """
     losses, fractions = _split_comparison(comparison)
     panels = [(rows, label) for rows, label in ((losses, "minimum validation loss"),
@@ -426,7 +435,7 @@ def article_vs_ours(
     heights = [max(len(rows), 1) for rows, _ in panels] or [1]
     axes = fig.subplots(max(len(panels), 1), 1, squeeze=False, height_ratios=heights)[:, 0]
     for ax, (rows, label) in zip(axes, panels, strict=False):
-        _article_vs_ours_panel(ax, rows, label)
+        _article_vs_ours_panel(ax, rows, label, confidence)
     if len(fractions) and len(panels) == 2:
         ax = axes[1]
         if most_of_gap is not None:
@@ -799,10 +808,13 @@ def _steps_to_target_file(tables: Tables, params: dict) -> Figure:
     return steps_to_target_vs_batch(runs, critical.value if critical is not None else None, reference)
 
 
-def _article_vs_ours(comparison: pd.DataFrame) -> Figure:
+def _article_vs_ours_file(tables: Tables, params: dict) -> Figure:
     from batchscale.claims import MOST_OF_GAP, SMALL_GAP
 
-    return article_vs_ours(comparison, MOST_OF_GAP, SMALL_GAP)
+    confidence = params["stats"]["confidence"]
+    draw = _from("article_comparison", "ours", "comparison",
+                 lambda f: article_vs_ours(f, MOST_OF_GAP, SMALL_GAP, confidence=confidence))  # fmt: skip
+    return draw(tables, params)
 
 
 def _speedup_file(tables: Tables, params: dict) -> Figure:
@@ -822,7 +834,7 @@ def _interpolation_file(tables: Tables, params: dict) -> Figure:
     return draw(tables, params)
 
 
-# File stem -> how to draw it from the tables and the parameters (the `train` section).
+# File stem -> how to draw it from the tables and the parameters (the `train` and `stats` sections).
 FIGURE_FILES: dict[str, FigureFile] = {
     "learning_curves": _from("history", "train_loss", "learning curves", learning_curves),
     "val_accuracy": _from(
@@ -834,7 +846,7 @@ FIGURE_FILES: dict[str, FigureFile] = {
     "c4_best_epoch": _from("runs", "best_epoch", "best epochs", best_epoch_vs_batch),
     "c5_sharpness": _from("sharpness", "top_eigenvalue", "sharpness measurements", sharpness_vs_batch),
     "c6_distance": _from("runs", "dist_final", "distances from the initial weights", distance_vs_batch),
-    "c7_article_vs_ours": _from("article_comparison", "ours", "comparison", _article_vs_ours),
+    "c7_article_vs_ours": _article_vs_ours_file,
     "c9_time_to_min": _from("runs", "time_to_min_s", "wall-clock times", time_to_min_vs_batch),
     "c10_update_norm": _from("runs", "mean_update_norm", "update norms", update_norm_vs_batch),
     "c10_grad_competition": _from(

@@ -8,7 +8,7 @@ exactly what `engine.Ensemble` trains. All functions are pure: they never modify
 Randomness comes only from a CPU `torch.Generator` (or an int seed; None means seed 0), so a
 probe gives the same answer every time it is called with the same arguments.
 
-What each probe serves (claims in CLAIMS.md):
+What each probe serves (the claims are listed in docs/claims.md):
 - C5 (sharp vs flat minima): `top_hessian_eigenvalue`, `epsilon_sharpness` (Keskar et al. 2017).
 - C10 (gradients compete inside a batch): `gradient_competition`.
 - McCandlish et al. 2018's critical batch size: `gradient_noise_scale`, `noise_scale_parts`.

@@ -20,6 +20,7 @@ import pandas as pd
 
 from batchscale.aggregate import TARGET_MARGIN
 from batchscale.io import atomic_path
+from batchscale.provenance import report_software_versions
 from batchscale.scaling import RULES
 
 KERNEL = "python3"
@@ -75,12 +76,15 @@ def render(
 ) -> None:
     """Execute `notebook` on the tables, keep it at `executed`, export code-free HTML to `out`.
 
-    `data_info` is the prepared data set's description (.json); by default
-    `data/prepared/<data.name>.json` under the working directory, as the workflow lays it
-    out. A missing one only leaves the data sizes out of the report.
+    `data_info` is the prepared data set's description (.json); by default the one beside
+    the prepared .npz under the working directory (`config.prepared_path`: data/prepared/
+    user_<stem>.json for a user's file), as the workflow lays it out. A missing one only
+    leaves the data sizes out of the report.
     """
     if data_info is None:
-        data_info = Path("data/prepared") / f"{params['data']['name']}.json"
+        from batchscale.config import prepared_path
+
+        data_info = Path(prepared_path(params)).with_suffix(".json")
     parameters = notebook_parameters(Path(tables), Path(claims), params, Path(data_info), studies)
     nb = execute(Path(notebook), parameters)
     _write_notebook_atomic(nb, Path(executed))
@@ -103,26 +107,12 @@ def notebook_parameters(
         "studies": [str(Path(path).resolve()) for path in studies],
         "params": params,
         "setup": {
-            "versions": _software_versions(),
+            "versions": report_software_versions(),
             "machine": machine_info(),
             "data_info": info,
             "model_parameters": count_model_parameters(params["model"], info),
         },
     }
-
-
-def _software_versions() -> dict:
-    import matplotlib
-    import papermill
-    import seaborn
-
-    from batchscale.cli import software_versions
-
-    versions = software_versions()
-    versions.update(
-        matplotlib=matplotlib.__version__, seaborn=seaborn.__version__, papermill=papermill.__version__
-    )
-    return versions
 
 
 def machine_info() -> dict:
@@ -294,11 +284,21 @@ def has_parts(claim) -> bool:
 
 
 def observed_cell(claim) -> str:
-    """The estimate with its CI; for a claim of several parts, every part's, one per line
-    (wrapping inside the line: each part's label repeats the statistic's own words)."""
+    """The estimate with its CI; for a claim of several parts, every part's with its seeds and
+    verdict, one per line (wrapping inside the line: each part's label repeats the statistic's
+    own words, or names the LR rule)."""
     if not has_parts(claim):
         return esc(fmt_estimate(claim.observed, claim.ci_low, claim.ci_high))
     return "<br>".join(esc(part.strip()) for part in claim.parts.split(" | "))
+
+
+def count_cell(claim) -> str:
+    """How many units the statistic rests on: seeds, or timing repeats for C3 and C11 (the
+    claim's `unit`; claims tables from before it was recorded count seeds)."""
+    if is_missing(claim.n_seeds):
+        return "–"
+    unit = getattr(claim, "unit", "seeds")
+    return f"{int(claim.n_seeds)}" + ("" if is_missing(unit) or unit == "seeds" else f" {esc(unit)}")
 
 
 def claims_table(claims: pd.DataFrame, confidence: float) -> str:
@@ -311,7 +311,7 @@ def claims_table(claims: pd.DataFrame, confidence: float) -> str:
             f'<tr><td><a href="#{esc(c.claim_id)}">{esc(c.claim_id)}</a></td><td>{esc(c.claim)}</td>'
             f"<td>{esc(c.metric)}</td><td>{expected}</td>"
             f'<td class="{"num parts" if has_parts(c) else "num"}">{observed_cell(c)}</td>'
-            f'<td class="num">{int(c.n_seeds) if not is_missing(c.n_seeds) else "–"}</td>'
+            f'<td class="num">{count_cell(c)}</td>'
             f"<td>{verdict_badge(c.verdict)}</td><td>{article}</td></tr>"
         )
     head = (
@@ -405,8 +405,11 @@ def not_run_note(what: str, tables: list[str], why: str | None = None) -> str:
 def unpassed_runs(runs: pd.DataFrame) -> pd.DataFrame:
     """Cells with runs whose validation loss had not passed its minimum by the last epoch.
 
-    A run with no `min_passed` (every epoch diverged) counts as not passed, as in `claims`.
+    Diverged runs are left out, as in `claims` (they have no minimum to pass; diverged_note
+    lists them); `runs` counts the seeds that did not diverge.
     """
+    if "diverged_epoch" in runs:
+        runs = runs[~(runs["diverged_epoch"] >= 0)]
     passed = runs["min_passed"].astype("boolean").fillna(False).astype(bool)
     runs = runs.assign(unpassed=~passed)
     table = runs.groupby(["rule", "batch_size"], as_index=False).agg(
@@ -444,7 +447,8 @@ def diverged_note(runs: pd.DataFrame) -> str:
         for r in diverged.itertuples()
     )
     return (
-        f'<div class="bs-note"><b>Diverged runs</b> (left out of the statistics from then on): {cells}.</div>'
+        '<div class="bs-note"><b>Diverged runs</b> (left out of every statistic, and their seeds out of '
+        f"the comparisons under their LR rule): {cells}.</div>"
     )
 
 
@@ -452,8 +456,11 @@ def claim_header(claim: pd.Series, confidence: float) -> str:
     """A claim section's heading, verdict with its rule, statistic and summary sentence."""
     expected = "" if is_missing(claim["expected"]) else f" (expected: {esc(claim['expected'])})"
     estimate = esc(fmt_estimate(claim["observed"], claim["ci_low"], claim["ci_high"]))
+    unit = claim.get("unit", "seeds")
     if not is_missing(claim["n_seeds"]) and claim["n_seeds"]:
-        estimate += f", {int(claim['n_seeds'])} seeds"
+        estimate += f", {int(claim['n_seeds'])} {esc('seeds' if is_missing(unit) else unit)}"
+    if has_parts(claim):  # every part, labelled, with its own seeds and verdict
+        estimate = observed_cell(claim)
     pairs = [
         ("verdict", verdict_badge(claim["verdict"])),
         ("verdict rule", f'<span class="bs-rule">{esc(claim["rule"])}</span>'),
@@ -743,8 +750,9 @@ def studies_table(studies: pd.DataFrame, current: str) -> str:
                 cells.append("<td>–</td>")
                 continue
             row = by_study.loc[name]
-            estimate = fmt_estimate(row["observed"], row["ci_low"], row["ci_high"])
-            cells.append(f'<td>{verdict_badge(row["verdict"])} <span class="num">{esc(estimate)}</span></td>')
+            # Every part of a claim of several, labelled (the row's observed is the first part's).
+            cells.append(f'<td>{verdict_badge(row["verdict"])} <span class="num">{observed_cell(row)}</span>'
+                         "</td>")  # fmt: skip
         rows.append(f'<tr><td><a href="#{esc(claim_id)}">{esc(claim_id)}</a></td>{"".join(cells)}</tr>')
     return f"<table>{head}{''.join(rows)}</table>"
 

@@ -29,6 +29,9 @@ class Estimate:
     value: float
     ci_low: float
     ci_high: float
+    # How many units (rows: seeds, or timing repeats) the statistic was computed on and the
+    # bootstrap resampled -- those left after dropping rows the statistic cannot use.
+    n: int = 0
 
 
 def paired_bootstrap(
@@ -38,7 +41,10 @@ def paired_bootstrap(
     confidence: float,
     seed: int,
 ) -> Estimate:
-    """`statistic` of a seeds x cells table, and its CI from resampling seeds (rows) jointly."""
+    """`statistic` of a seeds x cells table, and its CI from resampling seeds (rows) jointly.
+
+    Every row is resampled: drop the rows the statistic cannot use first (`complete_rows`),
+    so that the estimate's `n` counts the seeds it rests on."""
     rng = np.random.default_rng(seed)
     value = float(statistic(table))
     n = len(table)
@@ -49,25 +55,35 @@ def paired_bootstrap(
     draws = np.asarray(draws, dtype=float)
     draws = draws[np.isfinite(draws)]
     if len(draws) < reps / 2:  # the statistic is mostly undefined: no interval to speak of
-        return Estimate(value, float("nan"), float("nan"))
+        return Estimate(value, float("nan"), float("nan"), n)
     alpha = (1 - confidence) / 2
     low, high = np.quantile(draws, [alpha, 1 - alpha])
-    return Estimate(value, float(low), float(high))
+    return Estimate(value, float(low), float(high), n)
+
+
+def complete_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows (seeds) with a finite value in every column (cell).
+
+    A seed missing one cell (a diverged run has NaN statistics) cannot be paired across
+    the cells, so it is left out of the statistic entirely rather than compared on a subset.
+    """
+    return table[np.isfinite(table.to_numpy(dtype=float)).all(axis=1)]
 
 
 def per_seed_spearman(table: pd.DataFrame) -> pd.Series:
     """Spearman's rho between batch size (the columns) and the values, one per seed (row).
 
     Correlating within a seed keeps the pairing (same initial weights in every cell) and
-    gives exactly 1 or -1 for a perfectly monotone effect. Rows with fewer than two finite
-    values (diverged members) or no variation have no rho and are dropped.
+    gives exactly 1 or -1 for a perfectly monotone effect. Rows with a non-finite value at
+    any batch size (`complete_rows`: a diverged member) or no variation have no rho and are
+    dropped: the seeds with a rho are the ones the trend rests on.
     """
+    table = complete_rows(table)
     sizes = np.asarray(table.columns, dtype=float)
     rhos = {}
     for seed, values in zip(table.index, table.to_numpy(dtype=float), strict=True):
-        finite = np.isfinite(values)
-        if finite.sum() >= 2 and np.ptp(values[finite]) > 0:
-            rhos[seed] = sps.spearmanr(sizes[finite], values[finite]).statistic
+        if len(values) >= 2 and np.ptp(values) > 0:
+            rhos[seed] = sps.spearmanr(sizes, values).statistic
     return pd.Series(rhos, dtype=float)
 
 
@@ -78,10 +94,11 @@ def spearman_vs_batch(table: pd.DataFrame) -> float:
 
 
 def rank_trend(table: pd.DataFrame, reps: int, confidence: float, seed: int) -> Estimate:
-    """Mean per-seed rho with its bootstrap CI over seeds (each seed's rho is computed once)."""
+    """Mean per-seed rho with its bootstrap CI over seeds (each seed's rho is computed once);
+    its `n` counts the seeds with a rho."""
     rhos = per_seed_spearman(table).to_frame("rho")
     if rhos.empty:
-        return Estimate(float("nan"), float("nan"), float("nan"))
+        return Estimate(float("nan"), float("nan"), float("nan"), 0)
     return paired_bootstrap(rhos, lambda t: t["rho"].mean(), reps, confidence, seed)
 
 

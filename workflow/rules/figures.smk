@@ -47,7 +47,7 @@ rule figures:
     conda:
         ENV
     params:
-        sections=sections_json("train"),
+        sections=sections_json("stats", "train"),
         tables=subpath(input.comparison, parent=True),
     shell:
         "batchscale figures --params {params.sections:q} --tables {params.tables}"
