@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from batchscale.analysis import reference_rule
 from batchscale.config import Cell
 from batchscale.io import write_csv_atomic
 
@@ -184,7 +185,7 @@ def run_summaries(history: pd.DataFrame, seconds_per_epoch: pd.Series) -> pd.Dat
 def target_val_loss(runs: pd.DataFrame) -> float:
     """The validation loss steps-to-target counts to: TARGET_MARGIN above the largest cell
     median of the minimum validation loss under the linear rule (else the first rule)."""
-    rule = "linear" if "linear" in set(runs["rule"]) else runs["rule"].iloc[0]
+    rule = reference_rule(runs)
     medians = runs[runs["rule"] == rule].groupby("batch_size")["min_val_loss"].median()
     return float(medians.max() * (1 + TARGET_MARGIN))
 

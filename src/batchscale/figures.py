@@ -377,7 +377,7 @@ def epoch_seconds_vs_batch(timing: pd.DataFrame) -> Figure:
 def parallel_speedup_vs_batch(timing: pd.DataFrame) -> Figure:
     """Speed-up from all threads over one thread vs batch size (the C11 picture): each timing
     repeat's speed-up as a point, their median as the line."""
-    from batchscale.timing import speedup_by_repeat
+    from batchscale.analysis import speedup_by_repeat
 
     by_repeat = speedup_by_repeat(timing)
     speedup = by_repeat.median()
@@ -749,7 +749,7 @@ class Tables:
 
     def __getitem__(self, name: str) -> pd.DataFrame:
         if name not in self._frames:
-            from batchscale.report import read_table
+            from batchscale.io import read_table
 
             self._frames[name] = read_table(self.folder / f"{name}.csv")
         return self._frames[name]
@@ -798,13 +798,13 @@ def _rules_compared_file(tables: Tables, params: dict) -> Figure:
 
 
 def _steps_to_target_file(tables: Tables, params: dict) -> Figure:
-    from batchscale import report as rp
+    from batchscale import analysis
 
     runs = tables["runs"]
-    if not rp.has_steps_to_target(runs) or runs["steps_to_target"].isna().all():
+    if not analysis.has_steps_to_target(runs) or runs["steps_to_target"].isna().all():
         return not_measured("No run reached the target validation loss (or steps were not counted).")
-    reference = rp.reference_rule(runs)
-    critical = rp.critical_batch_size(tables["noise"], reference)
+    reference = analysis.reference_rule(runs)
+    critical = analysis.critical_batch_size(tables["noise"], reference)
     return steps_to_target_vs_batch(runs, critical.value if critical is not None else None, reference)
 
 

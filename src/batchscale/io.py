@@ -67,3 +67,12 @@ def load_torch(path: Path | str) -> object:
         found = re.search(r"GLOBAL (\S+)", str(exc))
         what = f"it would import {found.group(1)}" if found else "it holds more than tensors"
         raise UnsafeFileError(f"{path}: refused to load: {what} (only tensors are allowed)") from None
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """A table that may be empty (its probe did not run) or absent (tables from before the
+    probes existed): an empty frame then, so the report says so instead of failing."""
+    try:
+        return pd.read_csv(path)
+    except (FileNotFoundError, pd.errors.EmptyDataError):
+        return pd.DataFrame()

@@ -13,13 +13,22 @@ import math
 import os
 import platform
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from batchscale.aggregate import TARGET_MARGIN
-from batchscale.io import atomic_path
+from batchscale.analysis import (  # noqa: F401  (the notebook reads them as report's)
+    DEPARTURE_FACTOR,
+    CriticalBatch,
+    Departure,
+    critical_batch_size,
+    has_steps_to_target,
+    reference_rule,
+    scaling_departure,
+    unpassed_runs,
+)
+from batchscale.io import atomic_path, read_table  # noqa: F401  (the notebook reads tables with it)
 from batchscale.provenance import report_software_versions
 from batchscale.scaling import RULES
 
@@ -378,15 +387,6 @@ def lr_grid(runs: pd.DataFrame, warmup_epochs: int = 0, base_lr: float | None = 
     return f"<table>{head}{''.join(body)}</table>"
 
 
-def read_table(path: Path) -> pd.DataFrame:
-    """A table that may be empty (its probe did not run) or absent (tables from before the
-    probes existed): an empty frame then, so the report says so instead of failing."""
-    try:
-        return pd.read_csv(path)
-    except (FileNotFoundError, pd.errors.EmptyDataError):
-        return pd.DataFrame()
-
-
 def not_run_note(what: str, tables: list[str], why: str | None = None) -> str:
     """Said in place of the figures whose probe did not run for these tables.
 
@@ -400,22 +400,6 @@ def not_run_note(what: str, tables: list[str], why: str | None = None) -> str:
         "above says what could not be measured)"
     )
     return f'<div class="bs-note"><b>No {esc(what)}:</b> {names} {why}.</div>'
-
-
-def unpassed_runs(runs: pd.DataFrame) -> pd.DataFrame:
-    """Cells with runs whose validation loss had not passed its minimum by the last epoch.
-
-    Diverged runs are left out, as in `claims` (they have no minimum to pass; diverged_note
-    lists them); `runs` counts the seeds that did not diverge.
-    """
-    if "diverged_epoch" in runs:
-        runs = runs[~(runs["diverged_epoch"] >= 0)]
-    passed = runs["min_passed"].astype("boolean").fillna(False).astype(bool)
-    runs = runs.assign(unpassed=~passed)
-    table = runs.groupby(["rule", "batch_size"], as_index=False).agg(
-        unpassed=("unpassed", "sum"), runs=("seed", "nunique"), epochs=("epochs", "max")
-    )
-    return table[table["unpassed"] > 0].reset_index(drop=True)
 
 
 def unpassed_note(runs: pd.DataFrame) -> str:
@@ -491,24 +475,6 @@ def comparison_table(comparison: pd.DataFrame, confidence: float) -> str:
 # (McCandlish et al. 2018).
 # ---------------------------------------------------------------------------------------
 
-# Where the measured steps to target leave perfect scaling. In McCandlish et al.'s model the
-# steps are S = S_min (1 + B_noise / B), so relative to perfect scaling from the smallest batch
-# B0 they are (B + B_noise) / (B0 + B_noise) times too many: 2 at B = B_noise + 2 B0. A batch
-# size whose median steps exceed twice the perfect-scaling count is therefore past the
-# critical batch size, which makes the two directly comparable.
-DEPARTURE_FACTOR = 2.0
-
-
-def reference_rule(runs: pd.DataFrame) -> str:
-    """The rule steps to target are judged under: linear when the grid has it (as the target
-    itself, `aggregate.target_val_loss`), else the first rule of the table."""
-    return "linear" if "linear" in set(runs["rule"]) else str(runs["rule"].iloc[0])
-
-
-def has_steps_to_target(runs: pd.DataFrame) -> bool:
-    """Whether the tables have steps to target at all (older tables do not)."""
-    return "steps_to_target" in runs and "target_val_loss" in runs
-
 
 def target_caption(runs: pd.DataFrame) -> str:
     """The target validation loss and how it was chosen, from the table."""
@@ -554,65 +520,6 @@ def never_reached_text(runs: pd.DataFrame) -> str:
         f"{len(missed)} of {len(runs)} runs never reached the target within the epoch budget: {cells}; "
         "they have no point, and count as infinitely many steps in the medians."
     )
-
-
-@dataclass(frozen=True)
-class CriticalBatch:
-    """McCandlish et al.'s predicted critical batch size and where it was measured."""
-
-    value: float  # median B_simple over seeds
-    batch_size: int  # at the best weights of this batch size's runs...
-    rule: str  # ...under this rule
-    seeds: int
-
-
-def critical_batch_size(noise: pd.DataFrame, rule: str = "linear") -> CriticalBatch | None:
-    """The predicted critical batch size: the median B_simple at the best weights of the
-    smallest-batch runs under `rule`. None when there is no such estimate."""
-    if noise.empty or not {"rule", "weights", "b_simple", "batch_size"} <= set(noise.columns):
-        return None
-    best = noise[(noise["rule"] == rule) & (noise["weights"] == "best")].dropna(subset=["b_simple"])
-    if best.empty:
-        return None
-    smallest = best["batch_size"].min()
-    estimates = best.loc[best["batch_size"] == smallest, "b_simple"]
-    return CriticalBatch(float(estimates.median()), int(smallest), rule, len(estimates))
-
-
-@dataclass(frozen=True)
-class Departure:
-    """Where `rule`'s median steps to target leave perfect scaling (steps ∝ 1/B through the
-    smallest batch size's median) by more than `factor`."""
-
-    rule: str
-    factor: float
-    last_within: int  # every batch size up to this one is within the factor
-    first_beyond: int | None  # the next batch size, beyond it (None: the whole grid is within)
-    ratio: float  # median steps / perfect scaling at first_beyond (at last_within when None)
-
-
-def scaling_departure(
-    runs: pd.DataFrame, rule: str = "linear", factor: float = DEPARTURE_FACTOR
-) -> Departure | None:
-    """The largest batch size up to which `rule`'s median steps to target stay within `factor`
-    times the perfect-scaling count, and the first beyond it. A run that never reached the
-    target counts as infinitely many steps. None without two batch sizes to compare or when
-    the smallest batch's median is not finite."""
-    if not has_steps_to_target(runs):
-        return None
-    cell = runs[runs["rule"] == rule]
-    steps = cell.assign(steps=cell["steps_to_target"].fillna(math.inf))
-    medians = steps.groupby("batch_size")["steps"].median().sort_index()
-    if len(medians) < 2 or not math.isfinite(medians.iloc[0]):
-        return None
-    smallest = medians.index[0]
-    ratios = medians / (medians.iloc[0] * smallest / medians.index.to_series())
-    beyond = ratios[ratios > factor]
-    if beyond.empty:
-        return Departure(rule, factor, int(ratios.index[-1]), None, float(ratios.iloc[-1]))
-    first = beyond.index[0]
-    last = ratios.index[ratios.index < first][-1]
-    return Departure(rule, factor, int(last), int(first), float(ratios[first]))
 
 
 def _departure_text(departure: Departure) -> str:

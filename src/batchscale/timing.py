@@ -13,8 +13,6 @@ from __future__ import annotations
 import time
 from collections.abc import Hashable
 
-import numpy as np
-import pandas as pd
 import torch
 
 from batchscale.devices import synchronize
@@ -67,19 +65,3 @@ def interleaved_epoch_seconds(
     finally:
         torch.set_num_threads(previous)
     return seconds
-
-
-def speedup_by_repeat(timing: pd.DataFrame) -> pd.DataFrame:
-    """The parallel speed-up (C11) of every timing round: seconds per epoch at 1 thread over
-    seconds at the most threads timed, repeat r at 1 thread paired with repeat r at the most
-    threads (rows: repeats, columns: batch sizes).
-
-    The one definition of the speed-up: the claim's bootstrap resamples these rows, and the
-    figure shows them with their median per batch size (not a ratio of median times). Only
-    the repeats with a finite speed-up at every batch size are kept: the others cannot be
-    paired across batch sizes (as `stats.complete_rows` leaves them out of a trend).
-    """
-    most = timing["threads"].max()
-    times = timing.pivot_table(index=["repeat", "batch_size"], columns="threads", values="epoch_seconds")
-    speedup = (times[1] / times[most]).unstack("batch_size")
-    return speedup[np.isfinite(speedup.to_numpy(dtype=float)).all(axis=1)]

@@ -1,0 +1,95 @@
+"""The package's modules import one way only: from the data, models and engine up through
+aggregation and analysis, claims, figures and the report to the command line.
+
+Every import counts, the ones inside functions too (the CLI and the figures import lazily so
+that a step loads only what it needs; a lazy import is still a dependency).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "batchscale"
+
+# Lowest first. A module may import modules of its own layer or a lower one, never a higher.
+LAYERS = [
+    # foundations: no knowledge of training
+    {"__init__", "errors", "io", "scaling", "progress", "allocator", "devices", "provenance", "cluster"},
+    # what is trained on and what is trained
+    {"data", "packed", "models", "config"},
+    # training and measuring
+    {"strategies", "engine", "timing", "probes", "probe_runs", "bench", "thread_layout"},
+    # tables -> numbers
+    {"analysis", "aggregate", "stats"},
+    {"claims"},
+    {"figures"},
+    {"report"},
+    {"cli", "__main__"},
+]
+
+
+def imports_of(path: Path) -> set[str]:
+    """The package's modules that `path` imports, anywhere in the file."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "batchscale":
+            parts = node.module.split(".")
+            found |= {alias.name for alias in node.names} if len(parts) == 1 else {parts[1]}
+        elif isinstance(node, ast.Import):
+            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("batchscale.")}
+    modules = {p.stem for p in PACKAGE.glob("*.py")}
+    return (found & modules) - {path.stem}
+
+
+def graph() -> dict[str, set[str]]:
+    return {path.stem: imports_of(path) for path in sorted(PACKAGE.glob("*.py"))}
+
+
+def test_every_module_has_a_layer():
+    placed = set().union(*LAYERS)
+    assert set(graph()) == placed, f"unplaced: {set(graph()) - placed}; gone: {placed - set(graph())}"
+
+
+def test_no_module_imports_from_a_higher_layer():
+    rank = {module: i for i, layer in enumerate(LAYERS) for module in layer}
+    upward = [
+        f"{module} -> {dep}" for module, deps in graph().items() for dep in deps if rank[dep] > rank[module]
+    ]
+    assert not upward, upward
+
+
+def test_there_is_no_import_cycle():
+    deps, done, path = graph(), set(), []
+
+    def visit(module: str) -> None:
+        if module in path:
+            raise AssertionError("import cycle: " + " -> ".join([*path[path.index(module) :], module]))
+        if module in done:
+            return
+        path.append(module)
+        for dep in sorted(deps[module]):
+            visit(dep)
+        path.pop()
+        done.add(module)
+
+    for module in deps:
+        visit(module)
+
+
+def test_the_checks_catch_an_upward_import(tmp_path, monkeypatch):
+    """The checks can fail: a data module importing the report is an upward import and a cycle."""
+    fake = tmp_path / "batchscale"
+    fake.mkdir()
+    for path in PACKAGE.glob("*.py"):
+        (fake / path.name).write_text(path.read_text())
+    (fake / "data.py").write_text((fake / "data.py").read_text() + "\nfrom batchscale import report\n")
+    monkeypatch.setattr(__import__(__name__), "PACKAGE", fake)
+    rank = {module: i for i, layer in enumerate(LAYERS) for module in layer}
+    assert any(rank[dep] > rank["data"] for dep in graph()["data"])
+    try:
+        test_there_is_no_import_cycle()
+    except AssertionError as exc:
+        assert "data" in str(exc) and "report" in str(exc)
+    else:
+        raise AssertionError("the cycle data -> report -> ... -> data was not found")
