@@ -72,6 +72,29 @@ def tiny_params() -> dict:
     return deep_merge(base, yaml.safe_load(TINY.read_text()))
 
 
+# Small models for the engine-level tests (test_engine, test_strategies, test_timing, test_cuda).
+MODELS = [{"name": "mlp", "hidden": [16, 8]}, {"name": "cnn1d", "channels": 4}]
+
+
+def silent():
+    """A progress reporter that writes nowhere."""
+    import io
+
+    from batchscale.progress import EpochProgress
+
+    return EpochProgress(1, stream=io.StringIO(), interactive=False)
+
+
+def tiny_dataset(seed: int = 0, features: int = 12):
+    """random_arrays as the engine's Dataset (tensors, 3 classes)."""
+    import torch
+
+    from batchscale.data import Dataset
+
+    arrays = {k: torch.from_numpy(v) for k, v in random_arrays(seed=seed, features=features).items()}
+    return Dataset(**arrays, num_classes=3)
+
+
 def random_arrays(n_train: int = 64, n_val: int = 32, features: int = 12, classes: int = 3, seed: int = 0):
     rng = np.random.default_rng(seed)
     return {

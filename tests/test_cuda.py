@@ -13,7 +13,7 @@ import torch
 from batchscale import bench
 from batchscale.engine import Ensemble, TrainSpec, resolve_device, train
 
-from test_engine import MODELS, silent, tiny_dataset
+from conftest import MODELS, silent, tiny_dataset
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 

@@ -16,13 +16,7 @@ from batchscale.models import build_model
 from batchscale.progress import EpochProgress
 from batchscale.scaling import warmup_fraction
 
-from conftest import random_arrays
-
-MODELS = [{"name": "mlp", "hidden": [16, 8]}, {"name": "cnn1d", "channels": 4}]
-
-
-def silent() -> EpochProgress:
-    return EpochProgress(1, stream=io.StringIO(), interactive=False)
+from conftest import MODELS, silent, tiny_dataset
 
 
 class Killed(Exception):
@@ -45,11 +39,6 @@ class RecordedProgress(EpochProgress):
         if epoch == self.die_at:
             raise Killed
         self.lines.append(line)
-
-
-def tiny_dataset(seed: int = 0, features: int = 12) -> Dataset:
-    arrays = {k: torch.from_numpy(v) for k, v in random_arrays(seed=seed, features=features).items()}
-    return Dataset(**arrays, num_classes=3)
 
 
 def plain_sgd_run(

@@ -9,8 +9,7 @@ from batchscale import strategies
 from batchscale.models import build_model
 from batchscale.strategies import resolve_strategy
 
-# An MLP and a 1-D CNN small enough for a unit test (test_engine.py trains the same two).
-MODELS = [{"name": "mlp", "hidden": [16, 8]}, {"name": "cnn1d", "channels": 4}]
+from conftest import MODELS
 
 
 def test_auto_strategy_packs_members_unless_their_activations_outgrow_a_cpu_cache(monkeypatch):

@@ -7,7 +7,7 @@ import torch
 from batchscale.engine import Ensemble, TrainSpec
 from batchscale.timing import EpochTimer, interleaved_epoch_seconds
 
-from test_engine import MODELS, tiny_dataset
+from conftest import MODELS, tiny_dataset
 
 
 class RecordingTimer(EpochTimer):

@@ -5,10 +5,8 @@ dynamically up to the largest block freed so far) with a fresh `mmap` and return
 `munmap` when freed, and gives the top of the heap back to the kernel once 2x that much is
 free there. A training step allocates and frees activations and gradients of 0.5-5 MB
 hundreds of times a second, so each one can come back as new zeroed pages: page faults, not
-arithmetic. Measured on the 2-core development machine with epochs run back to back, as the
-bench and the timing job run them (cnn1d, 8 members, 1 thread, median ms per epoch, default
--> tuned): packed B=32 373 -> 296, B=128 290 -> 222, B=256 293 -> 209; loop B=256 248 -> 230
-(docs/decisions.md, "glibc's malloc").
+arithmetic. What this costs and what the setting saves is measured in docs/decisions.md
+("glibc's malloc").
 
 PyTorch's CPU tuning guide recommends swapping in jemalloc or tcmalloc with LD_PRELOAD; that
 needs a system library installed and an environment variable set before the process starts,

@@ -47,7 +47,7 @@ COMPETITION_SAMPLE = 16
 EVAL_CHUNK = 8192  # examples per forward pass when evaluating, to bound memory
 # A checkpoint after the first epoch, then at most one per this many seconds: a kill loses at
 # most this much training, and short epochs (a GPU's take milliseconds) are not dominated by
-# writing the state (about 6 ms per checkpoint on a CPU, with the history growing).
+# writing the state (docs/decisions.md, "Checkpoints after the first epoch").
 CHECKPOINT_SECONDS = 10.0
 
 

@@ -144,13 +144,13 @@ def _lanczos(
 
     `like` gives the shapes, dtypes and devices of the vectors. Step k adds H q_k to a Krylov
     basis (fully reorthogonalised: one vector of the model's size per step taken, so memory
-    grows with the steps to convergence, 6-12 on the study's CNNs) and takes the
+    grows with the steps to convergence) and takes the
     extreme eigenvalue of the small tridiagonal matrix it builds. It stops when that Ritz
     value's residual bound beta_k |s_k| is at most tol * |value| (converged) or after `iters`
     products. For a positive top eigenvalue its estimate is never below power iteration's after
-    as many products from the same start (whose iterate lies in the same Krylov space); on
-    the study's trained CNNs it reached 1e-3 in 6-12 products where power iteration took 6-24
-    and stopped up to 0.2% short of the eigenvalue (docs/decisions.md).
+    as many products from the same start (whose iterate lies in the same Krylov space); how
+    many products it takes on the study's CNNs, against power iteration, is in
+    docs/decisions.md ("The top Hessian eigenvalue by Lanczos").
 
     Hand-written rather than scipy's ARPACK (`eigsh`): ARPACK counts restarts, not products,
     so it cannot keep to the `probes.hessian_iters` budget, and works on NumPy float64 arrays
