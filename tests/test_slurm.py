@@ -69,6 +69,42 @@ def use_profile(project: Path, profile: str, cluster: SlurmCluster) -> None:
     path.write_text(text)
 
 
+# The line the workflow prints when the partition's nodes are smaller than the profile's set-threads.
+CAPPED = re.compile(r"^batchscale: the largest node of SLURM partition '(\w+)' has (\d+) CPUs", re.MULTILINE)
+DRY_RUN_JOB = re.compile(r"^rule (\w+):\n(?:    .*\n)*?    threads: (\d+)\n    resources: (.*)$",
+                         re.MULTILINE)  # fmt: skip
+
+
+def test_jobs_ask_for_what_the_partitions_nodes_have(slurm, project, monkeypatch):
+    """The profile as written (4 threads for the timing rules) on a node with fewer CPUs: the jobs
+    ask for the node's CPUs instead of pending for ever, and a job that fits no node (here, by
+    its memory) stops the run before anything is submitted, naming the rule."""
+    assert slurm.cpus < 4  # the small node the issue is about (slurm_cluster.NODE_CPUS)
+    use_profile(project, PROFILE, slurm)
+    monkeypatch.setenv("SLURM_CONF", str(slurm.conf))
+    monkeypatch.setenv(MARKER, str(slurm.root))
+    # A dry run caps every job's threads at --cores, which is 1 unless given; a real run on
+    # SLURM has no such cap, so give a number above the profile's 4 to see what it asks for.
+    proc = run(["snakemake", "-n", "--workflow-profile", PROFILE, "--configfile", "config/tiny.yaml",
+                "--cores", "64"], project)  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert CAPPED.findall(out) == [(slurm.partition, str(slurm.cpus))], out[-3000:]
+    jobs = {rule: (int(threads), resources) for rule, threads, resources in DRY_RUN_JOB.findall(out)}
+    for rule in ("time_epochs", "bench"):
+        threads, resources = jobs[rule]
+        assert threads == slurm.cpus and f"cpus_per_task={slurm.cpus}" in resources.split(", "), jobs[rule]
+
+    too_big = slurm.memory_mb + 1
+    proc = run(["snakemake", "--workflow-profile", PROFILE, "--configfile", "config/tiny.yaml",
+                "--set-resources", f"bench:mem_mb={too_big}"], project, check=False, timeout=120)  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert (f"batchscale: rule bench asks for {slurm.cpus} CPUs and {too_big} MB, and no node of SLURM "
+            f"partition '{slurm.partition}' has both") in out, out[-3000:]  # fmt: skip
+    assert not SUBMITTED.search(out)
+    assert slurm.cmd("squeue", "-h", "-o", "%i").stdout.strip() == ""
+
+
 def test_tiny_study_on_slurm_matches_a_local_run(slurm, tmp_path, monkeypatch):
     on_cluster, local = copy_project(tmp_path / "cluster"), copy_project(tmp_path / "local")
     use_profile(on_cluster, PROFILE, slurm)
@@ -83,12 +119,12 @@ def test_tiny_study_on_slurm_matches_a_local_run(slurm, tmp_path, monkeypatch):
             cwd=local, env=tool_env(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
     try:
-        # Status checks from 2 s on (the plugin's 40 s suit real jobs, not seconds-long ones);
-        # the timing rules ask for the test node's cores rather than the profile's 4.
+        # The profile as a user runs it. The one flag added changes only when the plugin first
+        # polls job states (from 2 s on; its 40 s suit real jobs, not seconds-long ones), not
+        # what any job asks SLURM for.
         proc = run(
             ["timeout", "-k", "30", "900", "snakemake", "--workflow-profile", PROFILE,
-             "--configfile", "config/tiny.yaml", "--slurm-init-seconds-before-status-checks", "2",
-             "--set-threads", f"time_epochs={cores}", f"bench={cores}"],
+             "--configfile", "config/tiny.yaml", "--slurm-init-seconds-before-status-checks", "2"],
             on_cluster, timeout=960,
         )  # fmt: skip
     except AssertionError as exc:
@@ -98,6 +134,11 @@ def test_tiny_study_on_slurm_matches_a_local_run(slurm, tmp_path, monkeypatch):
     local_out = local_log.read_text()
     assert local_status == 0, f"the local run failed ({local_status}):\n{local_out[-5000:]}"
     out = proc.stdout + proc.stderr
+    # The local run caps CPU-bound jobs at the machine's CPUs (cpu_jobs); the cluster run is not
+    # limited by the submitting host, so it registers no such resource.
+    assert "cpu_jobs" in re.search(r"Provided resources: (.*)", local_out).group(1)
+    provided = re.search(r"Provided resources: (.*)", out)
+    assert provided is None or "cpu_jobs" not in provided.group(1), provided.group(0)
 
     # Every job the local run ran itself went to SLURM: one sbatch each, and only `all`
     # (the target, which has nothing to run) stayed in Snakemake.
@@ -111,13 +152,18 @@ def test_tiny_study_on_slurm_matches_a_local_run(slurm, tmp_path, monkeypatch):
 
     # ... and accounting knows each one: completed, under the account the profile names, with
     # the rule in its comment.
-    sacct = slurm.cmd("sacct", "-X", "-n", "-P", "-a", "-o", "JobID,State,Account,Comment", "-S", "now-1hour")
+    sacct = slurm.cmd("sacct", "-X", "-n", "-P", "-a", "-o", "JobID,State,Account,Comment,ReqCPUS",
+                      "-S", "now-1hour")  # fmt: skip
     rows = {line.split("|")[0]: line.split("|") for line in sacct.stdout.splitlines()}
     assert slurm_ids <= set(rows), sacct.stdout
     assert {rows[i][1] for i in slurm_ids} == {"COMPLETED"}
     assert {rows[i][2] for i in slurm_ids} == {slurm.account}
     rules = Counter(re.match(r"rule_(\w+?)(_wildcards_.*)?$", rows[i][3]).group(1) for i in slurm_ids)
     assert rules == local_jobs
+    # The timing rules asked for the node's CPUs (fewer than the profile's 4), and said so.
+    timing = {rows[i][4] for i in slurm_ids if re.match(r"rule_(time_epochs|bench)\b", rows[i][3])}
+    assert timing == {cores}, sacct.stdout
+    assert CAPPED.findall(out) == [(slurm.partition, cores)]
 
     # Each job left its SLURM log, named by its job id, with Snakemake's record of the rule.
     for _, slurm_id, log in submitted:

@@ -10,6 +10,8 @@ rule bench:
     conda:
         ENV
     # A function, read only when jobs are planned: `snakemake --unlock` (no --cores) still works.
+    # On SLURM the profile's set-threads replaces it, capped at the CPUs of the partition's
+    # largest node (common.smk, fit_threads_to_slurm_nodes).
     threads: lambda wildcards: workflow.cores
     resources:
         mem_mb=2000,

@@ -4,6 +4,7 @@ import json
 import os
 import sys
 
+from batchscale import cluster as bs_cluster
 from batchscale import config as bs_config
 
 # Validate (schema + cross-field rules) and fill defaults before any job is planned; a bad
@@ -33,13 +34,6 @@ LANDSCAPE = (
     if LANDSCAPE_PAIR
     else []
 )
-# Single-thread CPU-bound jobs (train, probe, landscape) take one `cpu_jobs` each, and a
-# local run has as many as the machine has CPUs: `--cores 4` on a 2-CPU laptop would
-# otherwise run 4 at once, which measured 17% slower in all than 2 at a time (they evict
-# each other from the cache). `--resources cpu_jobs=N` overrides it; a cluster run (a
-# remote executor) is not limited by the submitting host.
-if workflow.local_exec and "cpu_jobs" not in workflow.global_resources:
-    workflow.register_resource("cpu_jobs", len(os.sched_getaffinity(0)))
 # The software environment of every rule (with --software-deployment-method conda).
 ENV = "../envs/batchscale.yaml"
 
@@ -68,3 +62,92 @@ def train_priority(run_key):
     """A train job's scheduling priority: its optimiser steps per epoch (the longest first)."""
     batch_size, _, _ = bs_config.parse_run_key(run_key)
     return -(-bs_config.expected_train_size(PARAMS["data"]) // batch_size)
+
+
+# On SLURM every job must fit one node of its partition: SLURM keeps a job that asks for more
+# CPUs than any node has PENDING (reason PartitionConfig) for ever. A run that names a
+# partition (the cluster profile's default-resources) reads the partition's nodes once, here,
+# when the workflow is planned, and caps every rule's threads at the largest node's CPUs with
+# Snakemake's own --max-threads (which also reaches the jobs SLURM runs); the profile's
+# set-threads is the wish. A user's own --max-threads still applies when it is lower. Jobs
+# started by SLURM (exec mode remote) and local runs are left alone. See docs/decisions.md,
+# "The cluster profile fits the partition's nodes".
+def slurm_partitions():
+    """The SLURM partitions this run names (defaults and per-rule), as the profile spells them."""
+    settings = workflow.resource_settings
+    named = [(settings.default_resources or {}).get("slurm_partition")]
+    named += [
+        res.get("slurm_partition") for res in settings.overwrite_resources.values()
+    ]
+    raw = (getattr(resource, "raw", resource) for resource in named)
+    return sorted(
+        {
+            value.strip("'\"")
+            for value in raw
+            if isinstance(value, str) and value.strip("'\"")
+        }
+    )
+
+
+def fit_threads_to_slurm_nodes():
+    """Cap threads at the partition's largest node; the nodes, or None when unknown or local."""
+    partitions = slurm_partitions()
+    if not partitions or workflow.remote_exec or workflow.subprocess_exec:
+        return None
+    try:
+        nodes = bs_cluster.read_partitions(partitions)
+    except bs_cluster.ClusterError as exc:
+        print(bs_cluster.unreadable_message(partitions, exc), file=sys.stderr)
+        return None
+    cap = bs_cluster.largest_cpus(nodes)
+    settings = workflow.resource_settings
+    if settings.max_threads is None or settings.max_threads > cap:
+        settings.max_threads = cap
+    wishes = {
+        name: threads.raw
+        for name, threads in settings.overwrite_threads.items()
+        if isinstance(threads.raw, int)
+    }
+    message = bs_cluster.threads_message(nodes, wishes, settings.max_threads)
+    if message:
+        print(message, file=sys.stderr)
+    return nodes
+
+
+SLURM_NODES = fit_threads_to_slurm_nodes()
+
+# Single-thread CPU-bound jobs (train, probe, landscape) take one `cpu_jobs` each, and a
+# local run has as many as the machine has CPUs: `--cores 4` on a 2-CPU laptop would
+# otherwise run 4 at once, which measured 17% slower in all than 2 at a time (they evict
+# each other from the cache). `--resources cpu_jobs=N` overrides it. A cluster run is not
+# limited by the submitting host's CPUs; while this file is read Snakemake has not attached
+# its executor yet (local_exec is True even under SLURM), so a run that names a SLURM
+# partition counts as a cluster run, as above.
+if (
+    workflow.local_exec
+    and not slurm_partitions()
+    and "cpu_jobs" not in workflow.global_resources
+):
+    workflow.register_resource("cpu_jobs", len(os.sched_getaffinity(0)))
+
+
+def stop_unless_jobs_fit_slurm_nodes():
+    """Before the first sbatch: stop, saying why, if a job still fits no node (its memory)."""
+    if SLURM_NODES is None:
+        return
+    jobs = (
+        (
+            job.rule.name,
+            job.resources.get("slurm_partition"),
+            job.threads,
+            job.resources.get("mem_mb"),
+        )
+        for job in workflow.dag.needrun_jobs()
+    )
+    problems = bs_cluster.unfit_jobs(jobs, SLURM_NODES)
+    if problems:
+        sys.exit("\n".join(f"batchscale: {problem}." for problem in problems))
+
+
+onstart:
+    stop_unless_jobs_fit_slurm_nodes()
