@@ -254,3 +254,96 @@ def test_timing_claims_count_repeats_not_seeds():
     few = claims.decide_all(synthetic_runs(+1), synthetic_timing(+1, repeats=2), PARAMS).set_index("claim_id")
     assert few.loc["C3", "verdict"] == "inconclusive"
     assert "needs at least 3 repeats entering the statistic, has 2" in few.loc["C3", "summary"]
+
+
+def test_every_claim_has_exactly_one_spec_and_its_row_says_what_the_spec_does():
+    from batchscale.claim_specs import CLAIMS, REPEATS, SEEDS, TIMING, GapSpec, TrendSpec, registry
+
+    assert list(CLAIMS) == [f"C{i}" for i in range(1, 13)]
+    assert all(claim_id == spec.claim_id for claim_id, spec in CLAIMS.items())
+    with pytest.raises(ValueError, match="more than one spec"):
+        registry(CLAIMS["C1"], CLAIMS["C2"], CLAIMS["C1"])
+    table = claims.decide_all(synthetic_runs(+1), synthetic_timing(+1), PARAMS).set_index("claim_id")
+    for claim_id, spec in CLAIMS.items():
+        row = table.loc[claim_id]
+        assert (row["claim"], row["metric"], row["expected"]) == (spec.text, spec.metric, spec.expected_text)
+        assert claims.CLAIM_TEXT[claim_id] == spec.text
+        assert claims.RUN_CLAIM_RULES.get(claim_id, ()) == spec.rules
+        if isinstance(spec, GapSpec):
+            assert (row["unit"], row["part1"], row["part2"]) == (SEEDS, "", "")
+            assert spec.rules == ("none", "linear")
+            continue
+        assert isinstance(spec, TrendSpec)
+        assert row["unit"] == spec.unit == (REPEATS if spec.table == TIMING else SEEDS)
+        assert spec.rules == (
+            () if spec.table == TIMING else tuple(dict.fromkeys(p.rule for p in spec.parts))
+        )
+        names = [part.name for part in spec.parts] if len(spec.parts) > 1 else []
+        assert [row["part1"], row["part2"]] == names + [""] * (2 - len(names)), claim_id
+        if names:  # the first part's numbers are the claim's
+            assert (row["observed"], row["n_seeds"]) == (row["part1_observed"], row["part1_n_seeds"])
+
+
+def test_the_articles_numbers_are_the_specs():
+    from batchscale.claim_specs import ARTICLE_MIN_VAL_LOSS, CLAIMS
+
+    assert (CLAIMS["C7"].article_value, CLAIMS["C8"].article_value) == (0.86, 0.026)
+    comparison = claims.article_comparison(synthetic_runs(+1), claims.Settings.from_params(PARAMS))
+    gaps = [CLAIMS["C7"].article_value, CLAIMS["C8"].article_value]
+    assert list(comparison["article"]) == [*ARTICLE_MIN_VAL_LOSS.values(), *gaps]
+    table = claims.decide_all(synthetic_runs(+1), synthetic_timing(+1), PARAMS).set_index("claim_id")
+    assert table.loc["C7", "article"] == "0.86 (0.395 -> 0.352 vs 0.345)"
+    assert "(article: 0.026)" in table.loc["C8", "summary"]
+
+
+def test_a_new_claim_is_one_spec_entry_decided_by_the_same_function(monkeypatch):
+    """A throwaway C13 (C2's trend plus a made-up metric) and C14 (C8 with a looser bound) need
+    no code: decide_all decides them by the one path, notes included."""
+    from dataclasses import replace
+
+    from batchscale.claim_specs import CLAIMS, Part, TrendSpec
+
+    runs = synthetic_runs(+1)
+    runs["made_up"] = -runs["batch_size"] + np.random.default_rng(2).normal(size=len(runs))
+    runs["diverged_epoch"] = np.where(
+        (runs["rule"] == "none") & (runs["batch_size"] == 64) & (runs["seed"] == 5), 2, -1
+    )
+    c13 = TrendSpec(
+        "C13", "The larger the batch, the higher the minimum validation loss and the lower a made-up metric.",
+        parts=(Part("min_val_loss", "minimum validation loss", +1), Part("made_up", "a made-up metric", -1)),
+    )  # fmt: skip
+    monkeypatch.setitem(CLAIMS, "C13", c13)
+    monkeypatch.setitem(CLAIMS, "C14", replace(CLAIMS["C8"], claim_id="C14", upper=0.5))
+    decided = []
+    for name in ("decide_trend", "decide_gap"):
+        real = getattr(claims, name)
+        spy = lambda spec, *args, real=real: decided.append(spec.claim_id) or real(spec, *args)  # noqa: E731
+        monkeypatch.setattr(claims, name, spy)
+
+    table = claims.decide_all(runs, synthetic_timing(+1), PARAMS).set_index("claim_id")
+    assert list(table.index) == decided == [f"C{i}" for i in range(1, 15)]
+    c2, c13, c14 = table.loc["C2"], table.loc["C13"], table.loc["C14"]
+    assert (c13["verdict"], c13["part1"], c13["part2"]) == ("reproduced", "min_val_loss", "made_up")
+    assert c13["metric"] == (
+        "mean Spearman rho(batch size, minimum validation loss | a made-up metric), LR rule 'none'"
+    )
+    assert (c13["observed"], c13["ci_low"], c13["n_seeds"]) == (c2["observed"], c2["ci_low"], c2["n_seeds"])
+    note = " 1 diverged runs (none/bs64) are left out"
+    assert note in c2["summary"] and note in c13["summary"]
+    assert (c14["expected"], c14["verdict"]) == ("> 0 and < 0.5", "reproduced")
+    assert c14["observed"] == table.loc["C8", "observed"] and "wholly above 0.5" in c14["rule"]
+    comparison = claims.article_comparison(runs, claims.Settings.from_params(PARAMS))
+    assert list(comparison["quantity"])[-2:] == ["relative gap remaining, scaled LR"] * 2
+
+
+def test_the_unpassed_minimum_note_counts_only_runs_the_claim_rests_on():
+    """C4 is decided on the `none` runs: its note that some runs' epoch of the minimum is cut
+    off by the budget names those runs, not a `linear` run that C4 never looks at."""
+    params = validate({"train": {"seeds": list(range(6))}})
+    runs = synthetic_runs()
+    runs.loc[(runs["rule"] == "linear") & (runs["batch_size"] == 256), "min_passed"] = False
+    c4 = claims.decide_all(runs, synthetic_timing(), params).set_index("claim_id").loc["C4"]
+    assert "had not passed their minimum" not in c4["summary"]
+    runs.loc[(runs["rule"] == "none") & (runs["batch_size"] == 64) & (runs["seed"] < 2), "min_passed"] = False
+    c4 = claims.decide_all(runs, synthetic_timing(), params).set_index("claim_id").loc["C4"]
+    assert " 2 runs (none/bs64) had not passed their minimum" in c4["summary"], c4["summary"]

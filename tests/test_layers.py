@@ -22,9 +22,12 @@ LAYERS = [
     {"strategies", "engine", "timing", "probes", "probe_runs", "bench", "thread_layout"},
     # tables -> numbers
     {"analysis", "aggregate", "stats"},
-    {"claims"},
-    {"figures"},
+    {"claim_specs", "claims"},
+    # drawing: tables -> matplotlib figures
+    {"figures_style", "figures_claims", "figures_landscape", "figures_beyond"},
     {"report"},
+    # the figure registry: each figure with its caption (report text) and drawing
+    {"figures"},
     {"cli", "__main__"},
 ]
 

@@ -139,7 +139,7 @@ def leave_out_diverged(runs: pd.DataFrame) -> pd.DataFrame:
 def run_summaries(history: pd.DataFrame, seconds_per_epoch: pd.Series) -> pd.DataFrame:
     """One row per run (rule, batch size, seed): the quantities the claims are decided on.
 
-    `seconds_per_epoch` maps batch size to the timing rule's median seconds per epoch (all
+    `seconds_per_epoch` maps batch size to the timing rule's median seconds per epoch (one
     thread, machine to itself); time to the minimum is the epochs it took times that. A run
     that diverged has NaN for all of them (`leave_out_diverged`).
     """

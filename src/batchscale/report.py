@@ -431,8 +431,8 @@ def diverged_note(runs: pd.DataFrame) -> str:
         for r in diverged.itertuples()
     )
     return (
-        '<div class="bs-note"><b>Diverged runs</b> (left out of every statistic, and their seeds out of '
-        f"the comparisons under their LR rule): {cells}.</div>"
+        '<div class="bs-note"><b>Diverged runs</b> (left out of every claim\'s statistic, and their seeds '
+        f"out of the comparisons under their LR rule): {cells}.</div>"
     )
 
 
