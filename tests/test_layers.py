@@ -25,7 +25,7 @@ LAYERS = [
     {"claim_specs", "claims"},
     # drawing: tables -> matplotlib figures
     {"figures_style", "figures_claims", "figures_landscape", "figures_beyond"},
-    {"report"},
+    {"report_html", "report"},
     # the figure registry: each figure with its caption (report text) and drawing
     {"figures"},
     {"cli", "__main__"},
