@@ -67,26 +67,48 @@ def run_identity(params: dict, data_sha: str, lr: float, batch_size: int, warmup
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    import pandas as pd
-
     from batchscale import data, engine
-    from batchscale.io import save_torch_atomic, write_csv_atomic, write_json_atomic
 
     params = load_params(args.params)
     dataset = data.load(Path(args.data))
     _set_threads(args.threads)
-    train = params["train"]
-    if args.batch_size > len(dataset.x_train):
-        raise ConfigError(
-            f"--batch-size: {args.batch_size} exceeds the training set ({len(dataset.x_train)})"
-        )
-    lr = args.lr
-    if not (math.isfinite(lr) and lr > 0):
-        raise ConfigError(f"--lr: must be a positive finite number, got {lr}")
-    spec = engine.TrainSpec(
+    spec = _train_spec(args, params["train"], len(dataset.x_train))
+    device = engine.resolve_device(params["train"]["device"])
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    identity = run_identity(params, dataset.sha256, args.lr, args.batch_size, args.warmup_epochs)
+    ensemble = engine.Ensemble(params["model"], dataset, spec, device)
+    started = time.perf_counter()
+    state = engine.train(ensemble, checkpoint=out / "checkpoint.pt", identity=identity)
+    summary = {
+        "identity": identity,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "seeds": spec.seeds,
+        "device": str(device),
+        "ensemble": ensemble.strategy,
+        "threads": args.threads,
+        "train_seconds": time.perf_counter() - started,
+        **peak_memory_mb(device),
+        "diverged_epoch": state.diverged_epoch.tolist(),
+        "params": {k: params[k] for k in ("data", "model", "train")},
+        "versions": provenance.software_versions(),
+    }
+    _write_run(out, state, spec, summary)
+
+
+def _train_spec(args: argparse.Namespace, train: dict, num_train: int):
+    """The ensemble job `batchscale train` was asked for, its options checked."""
+    from batchscale import engine
+
+    if args.batch_size > num_train:
+        raise ConfigError(f"--batch-size: {args.batch_size} exceeds the training set ({num_train})")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        raise ConfigError(f"--lr: must be a positive finite number, got {args.lr}")
+    return engine.TrainSpec(
         batch_size=args.batch_size,
         seeds=list(train["seeds"]),
-        lrs=[lr] * len(train["seeds"]),
+        lrs=[args.lr] * len(train["seeds"]),
         epochs=train["epochs"],
         momentum=train["momentum"],
         weight_decay=train["weight_decay"],
@@ -94,38 +116,23 @@ def cmd_train(args: argparse.Namespace) -> None:
         warmup_start_lr=train["base_lr"],
         strategy=train["ensemble"],
     )
-    device = engine.resolve_device(train["device"])
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    identity = run_identity(params, dataset.sha256, lr, args.batch_size, args.warmup_epochs)
-    ensemble = engine.Ensemble(params["model"], dataset, spec, device)
-    started = time.perf_counter()
-    state = engine.train(ensemble, checkpoint=out / "checkpoint.pt", identity=identity)
+
+
+def _write_run(out: Path, state, spec, summary: dict) -> None:
+    """A finished run's folder: weights, summary, and history.csv last (it is what marks the run
+    complete for anyone reading the folder); the checkpoint goes."""
+    import pandas as pd
+
+    from batchscale.io import save_torch_atomic, write_csv_atomic, write_json_atomic
+
     history = pd.DataFrame(state.history)
-    history.insert(0, "batch_size", args.batch_size)
+    history.insert(0, "batch_size", spec.batch_size)
     save_torch_atomic(
         out / "weights.pt",
         {"seeds": spec.seeds, "final": state.params, "best": state.best, "init": state.init,
          "best_epoch": state.best_epoch.cpu(), "buffers": state.buffers},
     )  # fmt: skip
-    write_json_atomic(
-        out / "summary.json",
-        {
-            "identity": identity,
-            "batch_size": args.batch_size,
-            "lr": lr,
-            "seeds": spec.seeds,
-            "device": str(device),
-            "ensemble": ensemble.strategy,
-            "threads": args.threads,
-            "train_seconds": time.perf_counter() - started,
-            **peak_memory_mb(device),
-            "diverged_epoch": state.diverged_epoch.tolist(),
-            "params": {k: params[k] for k in ("data", "model", "train")},
-            "versions": provenance.software_versions(),
-        },
-    )
-    # history.csv last: it is what marks the run complete for anyone reading the folder.
+    write_json_atomic(out / "summary.json", summary)
     write_csv_atomic(out / "history.csv", history)
     (out / "checkpoint.pt").unlink(missing_ok=True)
 
@@ -318,26 +325,8 @@ def cmd_figures(args: argparse.Namespace) -> None:
         raise ConfigError(f"--out: {exc}") from None
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="batchscale",
-        description="Measure how batch size and learning-rate scaling change neural-network training.",
-    )
-    parser.add_argument("--version", action="version", version=f"batchscale {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    def add(name: str, func, help_text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument(
-            "--params",
-            action="append",
-            metavar="FILE|JSON",
-            help="parameters: a YAML file or an inline JSON mapping; repeat to layer them "
-            "(later wins). Default: params.yaml",
-        )
-        p.set_defaults(func=func)
-        return p
-
+def _data_commands(add) -> None:
+    """check, prepare: the parameters and the data set."""
     p = add("check", cmd_check, "Validate parameters against the schema and cross-field rules.")
     p.add_argument("--show", action="store_true", help="print the parameters with defaults filled in")
 
@@ -346,6 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", required=True, help="output .npz path, e.g. data/prepared/mnist1d.npz")
 
+
+def _training_commands(add) -> None:
+    """train, time, bench: training, epoch timings, the speed benchmark."""
     p = add("train", cmd_train, "Train all seeds at one batch size and learning rate as one ensemble.")
     p.add_argument("--batch-size", type=int, required=True, help="examples per step")
     p.add_argument("--lr", type=float, required=True, help="peak learning rate (the grid's rules decide it)")
@@ -365,12 +357,6 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--threads", type=int, default=1, help="the most threads to time with")
 
-    p = add("probe", cmd_probe, "Sharpness, 1-D loss slices and gradient noise scale of a run's members.")
-    p.add_argument("--run-dir", required=True, help="run folder with weights.pt")
-    p.add_argument("--data", required=True, help="prepared .npz data file")
-    p.add_argument("--out-dir", required=True, help="folder for sharpness.csv, slices.csv and noise.csv")
-    p.add_argument("--threads", type=int, default=1, help="CPU threads for torch (default 1)")
-
     p = add("bench", cmd_bench, "Time the naive loop and the engine; print ms per model-epoch and ratios.")
     p.add_argument("--data", required=True, help="prepared .npz data file")
     p.add_argument("--out", required=True, help="output CSV, e.g. reports/tables/bench.csv")
@@ -383,6 +369,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads", type=int, default=1, help="CPU threads for torch (capped at the CPUs available)"
     )
 
+
+def _probe_commands(add) -> None:
+    """probe, landscape: what the trained weights look like."""
+    p = add("probe", cmd_probe, "Sharpness, 1-D loss slices and gradient noise scale of a run's members.")
+    p.add_argument("--run-dir", required=True, help="run folder with weights.pt")
+    p.add_argument("--data", required=True, help="prepared .npz data file")
+    p.add_argument("--out-dir", required=True, help="folder for sharpness.csv, slices.csv and noise.csv")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads for torch (default 1)")
+
     p = add("landscape", cmd_landscape, "Interpolate between two runs' solutions; 2-D contours around each.")
     p.add_argument("--small", required=True, help="run folder of the small-batch solution")
     p.add_argument("--large", required=True, help="run folder of the large-batch solution")
@@ -392,6 +387,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", required=True, help="folder for interpolation.csv and contour.csv")
     p.add_argument("--threads", type=int, default=1, help="CPU threads for torch (default 1)")
 
+
+def _table_commands(add) -> None:
+    """aggregate, claims, report, figures: from the runs to the report."""
     p = add(
         "aggregate", cmd_aggregate, "Collect the grid's runs (from --params) and timings into tidy tables."
     )
@@ -431,6 +429,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out", nargs="+", required=True, help="PNG files, each named for its figure: learning_curves.png"
     )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="batchscale",
+        description="Measure how batch size and learning-rate scaling change neural-network training.",
+    )
+    parser.add_argument("--version", action="version", version=f"batchscale {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, func, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument(
+            "--params",
+            action="append",
+            metavar="FILE|JSON",
+            help="parameters: a YAML file or an inline JSON mapping; repeat to layer them "
+            "(later wins). Default: params.yaml",
+        )
+        p.set_defaults(func=func)
+        return p
+
+    for add_commands in (_data_commands, _training_commands, _probe_commands, _table_commands):
+        add_commands(add)
     return parser
 
 
