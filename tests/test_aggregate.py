@@ -71,7 +71,7 @@ def test_jobs_table_has_one_row_per_training_job_with_its_peak_memory(tmp_path):
 
     from batchscale.aggregate import read_jobs
     from batchscale.config import Cell
-    from batchscale.report import jobs_sentence
+    from batchscale.report_html import jobs_sentence
 
     # The base batch size's run is shared by both rules: one job, one row.
     cells = [Cell("none", 32, 0.01), Cell("linear", 32, 0.01), Cell("linear", 64, 0.02)]

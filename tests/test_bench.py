@@ -53,7 +53,7 @@ def test_benchmark_table_has_every_variant_with_ratios_against_the_naive_loop():
 
 def test_thread_layouts_time_the_same_work_both_ways():
     from batchscale import engine, thread_layout
-    from batchscale.report import layouts_sentence
+    from batchscale.report_html import layouts_sentence
 
     specs = [engine.TrainSpec(b, [0, 1], [0.05, 0.05], 1, 0.9) for b in (16, 32)]
     table = thread_layout.compare_layouts({"name": "mlp", "hidden": [8]}, tiny(), specs, threads=2, epochs=2)
@@ -69,7 +69,7 @@ def test_thread_layouts_time_the_same_work_both_ways():
 
 
 def test_the_report_reads_the_bench_against_the_speed_goal():
-    from batchscale.report import bench_sentence
+    from batchscale.report_html import bench_sentence
 
     def row(variant, members, ensemble, auto, speedup, batch_size=32, device="cpu"):
         return {"model": "cnn1d", "batch_size": batch_size, "variant": variant, "members": members,

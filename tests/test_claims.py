@@ -141,10 +141,10 @@ def test_a_claim_with_two_parts_fails_when_one_part_fails():
 
 
 def test_the_claims_table_shows_every_part_of_a_compound_claim():
-    from batchscale import report
+    from batchscale import report_html
 
     table = claims.decide_all(synthetic_runs(+1), synthetic_timing(+1), PARAMS)
-    html = report.claims_table(table, 0.95)
+    html = report_html.claims_table(table, 0.95)
     c5 = html[html.index('href="#C5"') : html.index('href="#C6"')]
     assert c5.count("(reproduced)") == 2 and "<br>" in c5
 
@@ -223,7 +223,7 @@ def test_every_part_of_a_multi_part_claim_is_exposed_by_name():
     assert set(metrics["C5"]["parts"]) == {"top_eigenvalue_best", "eps_sharpness_best"}
     assert "parts" not in metrics["C2"]
 
-    from batchscale import report
+    from batchscale import report_html
 
     runs.loc[runs["rule"] == "linear", "time_to_min_s"] *= runs["batch_size"]  # scaled now slower
     failed = claims.decide_all(runs, synthetic_timing(+1), PARAMS).set_index("claim_id", drop=False)
@@ -231,12 +231,12 @@ def test_every_part_of_a_multi_part_claim_is_exposed_by_name():
     assert (c9["part1_verdict"], c9["part2_verdict"], c9["verdict"]) == ("reproduced", "not reproduced",
                                                                          "not reproduced")  # fmt: skip
     assert claims.headline_metrics(failed, runs)["claims"]["C9"]["parts"]["linear"]["reproduced"] == 0
-    header = report.claim_header(c9, 0.95)
+    header = report_html.claim_header(c9, 0.95)
     assert "none: " in header and "linear: " in header and "6 seeds (not reproduced)" in header
 
 
 def test_timing_claims_count_repeats_not_seeds():
-    from batchscale import report
+    from batchscale import report_html
 
     table = claims.decide_all(synthetic_runs(+1), synthetic_timing(+1, repeats=5), PARAMS)
     by_id = table.set_index("claim_id", drop=False)
@@ -247,9 +247,9 @@ def test_timing_claims_count_repeats_not_seeds():
         c = by_id.loc[claim_id]
         assert c["n_seeds"] == 5 and "over 5 timing repeats" in c["summary"]
         assert "bootstrap CI over repeats" in c["rule"] and "over seeds" not in c["rule"]
-        assert "5 repeats" in report.claim_header(c, 0.95)
+        assert "5 repeats" in report_html.claim_header(c, 0.95)
     assert "bootstrap CI over seeds" in by_id.loc["C2", "rule"]
-    html = report.claims_table(table, 0.95)
+    html = report_html.claims_table(table, 0.95)
     assert html[html.index('href="#C3"') : html.index('href="#C4"')].count(">5 repeats<") == 1
     few = claims.decide_all(synthetic_runs(+1), synthetic_timing(+1, repeats=2), PARAMS).set_index("claim_id")
     assert few.loc["C3", "verdict"] == "inconclusive"

@@ -23,11 +23,12 @@ LAYERS = [
     # tables -> numbers
     {"analysis", "aggregate", "stats"},
     {"claim_specs", "claims"},
-    # drawing: tables -> matplotlib figures
-    {"figures_style", "figures_claims", "figures_landscape", "figures_beyond"},
-    {"report_html", "report"},
-    # the figure registry: each figure with its caption (report text) and drawing
-    {"figures"},
+    # presenting numbers: HTML pieces and text, matplotlib figures
+    {"report_html", "figures_style", "figures_claims", "figures_landscape", "figures_beyond"},
+    # the figure registry: each figure with its caption and its drawing
+    {"figure_captions", "figures"},
+    # rendering the report: papermill and nbconvert
+    {"report"},
     {"cli", "__main__"},
 ]
 

@@ -480,13 +480,13 @@ def test_a_diverging_cell_is_recorded_and_the_study_still_reports(diverging_stud
 
 
 def test_report_survives_a_reference_rule_that_diverged_everywhere():
-    from batchscale import report
+    from batchscale import report_html
 
     runs = pd.DataFrame(
         {"rule": ["linear"] * 3 + ["none"] * 3, "batch_size": 32, "seed": [0, 1, 2] * 2,
          "min_val_loss": [math.nan] * 3 + [1.7, 1.8, 1.6], "target_val_loss": math.nan}
     )  # fmt: skip
-    assert "every linear-rule run diverged" in report.target_caption(runs)
+    assert "every linear-rule run diverged" in report_html.target_caption(runs)
 
 
 @pytest.mark.slow

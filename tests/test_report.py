@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from batchscale import aggregate, claims, report
+from batchscale import aggregate, analysis, claims, io, report, report_html
 from batchscale.config import cells, validate
 from batchscale.io import write_csv_atomic
 from batchscale.scaling import scaled_lr
@@ -311,15 +311,15 @@ def test_beyond_the_article_section(rendered):
     assert "No steps to target" not in beyond and "No gradient noise-scale" not in beyond
     assert f"over the first {WARMUP_EPOCHS} epochs" in beyond  # the caption explains the shaded ramp
     runs = pd.read_csv(tables / "runs.csv")
-    assert f"target validation loss is {report.fmt_number(runs['target_val_loss'].iloc[0])}" in beyond
+    assert f"target validation loss is {report_html.fmt_number(runs['target_val_loss'].iloc[0])}" in beyond
     assert "none/B=128 (3 of 3)" in beyond  # the constant LR at B=128 never gets there
     noise = pd.read_csv(tables / "noise.csv")
     left_out = f"{noise['b_simple'].isna().sum()} of {len(noise)} estimates are left out"
     assert left_out in beyond  # the fake |G|^2 that is not positive
-    critical = report.critical_batch_size(noise)
+    critical = analysis.critical_batch_size(noise)
     assert critical is not None and critical.value == pytest.approx(110.0)
-    assert f"critical batch size of about <b>{report.fmt_number(critical.value)}</b>" in beyond
-    departure = report.scaling_departure(runs)
+    assert f"critical batch size of about <b>{report_html.fmt_number(critical.value)}</b>" in beyond
+    departure = analysis.scaling_departure(runs)
     assert departure is not None and departure.first_beyond is None  # linear scales across this grid
     assert "lies beyond the grid" in beyond and "below that range" in beyond
 
@@ -348,17 +348,18 @@ def test_unpassed_note_names_the_cells():
         {"rule": ["none", "none"], "batch_size": [32, 128], "seed": [0, 0], "epochs": [5, 5],
          "min_passed": [True, False]}
     )  # fmt: skip
-    note = report.unpassed_note(runs)
+    note = report_html.unpassed_note(runs)
     assert "none/B=128 (1 of 1 seeds)" in note and "B=32" not in note
-    assert "passed its minimum before the last epoch" in report.unpassed_note(runs.assign(min_passed=True))
+    all_passed = report_html.unpassed_note(runs.assign(min_passed=True))
+    assert "passed its minimum before the last epoch" in all_passed
 
 
 def test_read_table_gives_an_empty_frame_for_absent_or_empty_tables(tmp_path):
     (tmp_path / "empty.csv").write_text("")
     (tmp_path / "header.csv").write_text("seed,alpha,train_loss\n")
-    assert report.read_table(tmp_path / "absent.csv").empty
-    assert report.read_table(tmp_path / "empty.csv").empty
-    assert list(report.read_table(tmp_path / "header.csv").columns) == ["seed", "alpha", "train_loss"]
+    assert io.read_table(tmp_path / "absent.csv").empty
+    assert io.read_table(tmp_path / "empty.csv").empty
+    assert list(io.read_table(tmp_path / "header.csv").columns) == ["seed", "alpha", "train_loss"]
 
 
 def test_contour_levels_start_at_zero_and_cover_the_largest_rise():
@@ -385,17 +386,17 @@ def steps_runs(steps: dict[int, list[float]], rule: str = "linear") -> pd.DataFr
 def test_scaling_departure_finds_where_steps_stop_halving():
     # Perfect scaling from B=32 is 1000, 500, 250, 125 steps: ratios 1, 1.04, 1.2, 2.08.
     runs = steps_runs({32: [990, 1000, 1010], 64: [520] * 3, 128: [300] * 3, 256: [250, 260, 270]})
-    departure = report.scaling_departure(runs)
+    departure = analysis.scaling_departure(runs)
     assert (departure.last_within, departure.first_beyond) == (128, 256)
     assert departure.ratio == pytest.approx(260 / 125)
-    within = report.scaling_departure(runs, factor=3.0)
+    within = analysis.scaling_departure(runs, factor=3.0)
     assert (within.last_within, within.first_beyond) == (256, None)
     # Runs that never reached the target count as infinitely many steps in the median.
     missed = steps_runs({32: [1000] * 3, 64: [500, np.nan, np.nan], 128: [250] * 3})
-    departure = report.scaling_departure(missed)
+    departure = analysis.scaling_departure(missed)
     assert (departure.last_within, departure.first_beyond, departure.ratio) == (32, 64, np.inf)
-    assert report.scaling_departure(runs.drop(columns="steps_to_target")) is None  # older tables
-    assert report.scaling_departure(steps_runs({32: [1000] * 3})) is None  # nothing to compare
+    assert analysis.scaling_departure(runs.drop(columns="steps_to_target")) is None  # older tables
+    assert analysis.scaling_departure(steps_runs({32: [1000] * 3})) is None  # nothing to compare
 
 
 def test_critical_batch_size_is_the_median_best_b_simple_of_the_smallest_batch():
@@ -408,28 +409,28 @@ def test_critical_batch_size_is_the_median_best_b_simple_of_the_smallest_batch()
     ]
     noise = pd.DataFrame(rows)
     noise.loc[noise["weights"] != "best", "b_simple"] *= 10  # only the best weights count
-    critical = report.critical_batch_size(noise)
+    critical = analysis.critical_batch_size(noise)
     assert (critical.value, critical.batch_size, critical.rule, critical.seeds) == (100.0, 32, "linear", 3)
-    assert report.critical_batch_size(noise, "sqrt") is None
-    assert report.critical_batch_size(pd.DataFrame()) is None
+    assert analysis.critical_batch_size(noise, "sqrt") is None
+    assert analysis.critical_batch_size(pd.DataFrame()) is None
 
 
 def test_critical_batch_sentence_compares_prediction_and_measurement():
-    departure = report.Departure("linear", 2.0, last_within=128, first_beyond=256, ratio=2.4)
-    sentence = report.critical_batch_sentence
+    departure = analysis.Departure("linear", 2.0, last_within=128, first_beyond=256, ratio=2.4)
+    sentence = report_html.critical_batch_sentence
 
-    def critical(value: float) -> report.CriticalBatch:
-        return report.CriticalBatch(value, 32, "linear", 3)
+    def critical(value: float) -> analysis.CriticalBatch:
+        return analysis.CriticalBatch(value, 32, "linear", 3)
 
     assert "between 128 and 256" in sentence(critical(200), departure)
     assert "falls in that range" in sentence(critical(200), departure)
     assert "2x below that range" in sentence(critical(64), departure)
     assert "4x above that range" in sentence(critical(1024), departure)
-    beyond = report.Departure("linear", 2.0, last_within=256, first_beyond=None, ratio=1.3)
+    beyond = analysis.Departure("linear", 2.0, last_within=256, first_beyond=None, ratio=1.3)
     assert "beyond the grid" in sentence(critical(1000), beyond) and "falls in" in sentence(
         critical(1000), beyond
     )
-    never = report.Departure("linear", 2.0, last_within=128, first_beyond=256, ratio=np.inf)
+    never = analysis.Departure("linear", 2.0, last_within=128, first_beyond=256, ratio=np.inf)
     assert "B=256 mostly never reached the target" in sentence(critical(200), never)
     assert "critical batch size of about" in sentence(critical(200), None)
     assert sentence(None, None) == ""
@@ -440,9 +441,9 @@ def test_lr_grid_marks_the_warmup_cells():
         {"rule": ["linear_warmup"] * 2 + ["linear"], "batch_size": [32, 256, 256], "seed": [0, 0, 0],
          "lr": [0.01, 0.08, 0.08]}
     )  # fmt: skip
-    grid = report.lr_grid(runs, warmup_epochs=5, base_lr=0.01)
+    grid = report_html.lr_grid(runs, warmup_epochs=5, base_lr=0.01)
     assert grid.count("5-epoch ramp") == 1 and "LR 0.01 → 0.08" in grid  # B=32 starts at the base LR
-    assert "ramp" not in report.lr_grid(runs)
+    assert "ramp" not in report_html.lr_grid(runs)
 
 
 def test_claims_of_every_study_are_set_side_by_side(tmp_path):
@@ -459,20 +460,21 @@ def test_claims_of_every_study_are_set_side_by_side(tmp_path):
         )  # fmt: skip
         claims_table.to_csv(path, index=False)
         paths.append(path)
-    studies = report.read_studies(paths)
-    table = report.studies_table(studies, current="mnist-cnn2d")
+    studies = report_html.read_studies(paths)
+    table = report_html.studies_table(studies, current="mnist-cnn2d")
     header = table[: table.index("</tr>")]
     assert header.index("mnist-cnn2d (this report)") < header.index("mnist1d-cnn1d")
     c1 = re.search(r'<tr><td><a href="#C1">C1</a></td>(.*?)</tr>', table).group(1)
     cells = re.findall(r"<td>(.*?)</td>", c1)
     assert "not reproduced" in cells[0] and "-0.4" in cells[0]
     assert ">reproduced<" in cells[1] and "0.9" in cells[1]
-    assert "mnist1d-cnn1d" in report.studies_note(studies, "mnist-cnn2d")
-    assert "Only this study" in report.studies_note(studies[studies["study"] == "mnist-cnn2d"], "mnist-cnn2d")
+    assert "mnist1d-cnn1d" in report_html.studies_note(studies, "mnist-cnn2d")
+    alone = studies[studies["study"] == "mnist-cnn2d"]
+    assert "Only this study" in report_html.studies_note(alone, "mnist-cnn2d")
 
 
 def test_empty_settings_are_left_out_of_the_setup_lists():
-    listed = report.definition_list({"data set": "mnist1d", "path": "", "seed": 42, "note": None})
+    listed = report_html.definition_list({"data set": "mnist1d", "path": "", "seed": 42, "note": None})
     assert "data set" in listed and "seed" in listed
     assert "path" not in listed and "note" not in listed
 
@@ -510,7 +512,8 @@ def test_the_default_data_description_is_the_one_the_data_step_prepares(monkeypa
 def test_a_diverged_run_is_not_counted_as_one_that_had_not_passed_its_minimum():
     """A diverged run has no statistics (runs.csv: NaN), so no min_passed: the note on runs cut
     off by the epoch budget leaves it out, as the claims do, and the divergence note names it."""
-    from batchscale.report import diverged_note, unpassed_runs
+    from batchscale.analysis import unpassed_runs
+    from batchscale.report_html import diverged_note
 
     runs = pd.DataFrame(
         {

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import ROOT, run
+from conftest import run
 
 pytestmark = pytest.mark.slow
 
@@ -44,11 +44,15 @@ def test_tiny_study_runs_end_to_end_and_is_then_up_to_date(tiny_study):
 
 
 def test_figures_are_files_and_snakemake_report_holds_them_with_captions(tiny_study):
-    from batchscale.figures import FIGURE_FILES
+    from batchscale import config, figures
 
     project = tiny_study
     made = {png.stem: png for png in (project / "reports/figures").glob("*.png")}
-    assert set(made) == set(FIGURE_FILES)  # the tiny grid has a landscape pair: every figure
+    # The rule makes what the registry declares for these parameters (the tiny grid has a
+    # landscape pair: every figure), each PNG with its caption beside it.
+    params = config.load([str(project / "params.yaml"), str(project / "config/tiny.yaml")])
+    assert set(made) == {e.stem for e in figures.made(params)} == {e.stem for e in figures.REGISTRY}
+    assert {rst.stem for rst in (project / "reports/figures").glob("*.rst")} == set(made)
     assert all(png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for png in made.values())
 
     run(
@@ -57,13 +61,15 @@ def test_figures_are_files_and_snakemake_report_holds_them_with_captions(tiny_st
     with zipfile.ZipFile(project / "reports/snakemake-report.zip") as archive:
         names = archive.namelist()
         page = archive.read("snakemake-report/report.html").decode()
-    for stem in FIGURE_FILES:
-        assert any(name.endswith(f"/{stem}.png") for name in names), stem
-        # The figure's entry in the report's data holds its caption (its longest unmarked words).
-        caption = (ROOT / "workflow/report/figures" / f"{stem}.rst").read_text()
-        words = max(re.findall(r"[\w ,:.-]{15,}", caption, re.ASCII), key=len)
-        entry = page.find(f'"reports/figures/{stem}.png": {{')
-        assert entry >= 0 and words in page[entry : entry + 4000], f"caption of {stem} missing"
+    for e in figures.REGISTRY:
+        assert any(name.endswith(f"/{e.stem}.png") for name in names), e.stem
+        # The figure's entry in the report's data holds its label and caption (the caption's
+        # longest unmarked words), the HTML report's caption.
+        caption = (project / "reports/figures" / f"{e.stem}.rst").read_text()
+        words = max(re.findall(r"[\w ,:.;()'-]{15,}", caption, re.ASCII), key=len)
+        entry = page.find(f'"reports/figures/{e.stem}.png": {{')
+        assert entry >= 0 and words in page[entry : entry + 8000], f"caption of {e.stem} missing"
+        assert f'"labels": {{"figure": "{e.title}"}}' in page[entry : entry + 300], e.stem
     for item in ("report.html", "claims.csv"):  # the HTML report and the verdicts, under "Report"
         assert any(name.endswith(f"/{item}") and "/data/raw/" in name for name in names), item
     assert "C01 training loss" in page and "Beyond the article" in page  # categories

@@ -122,3 +122,22 @@ def speedup_by_repeat(timing: pd.DataFrame) -> pd.DataFrame:
     times = timing.pivot_table(index=["repeat", "batch_size"], columns="threads", values="epoch_seconds")
     speedup = (times[1] / times[most]).unstack("batch_size")
     return speedup[np.isfinite(speedup.to_numpy(dtype=float)).all(axis=1)]
+
+
+def warmup_ramp_epochs(runs: pd.DataFrame, history: pd.DataFrame, train: dict) -> int | None:
+    """The warm-up epochs the rules figure shades: only when linear_warmup ran and its largest
+    batch size ramps at all (at the base batch size its LR is the base LR: no ramp)."""
+    largest = int(history["batch_size"].max())
+    ramps = "linear_warmup" in set(runs["rule"]) and largest != train["base_batch_size"]
+    return train["warmup_epochs"] if ramps else None
+
+
+def landscape_batch_sizes(contour: pd.DataFrame, runs: pd.DataFrame) -> tuple[int, int]:
+    """The two batch sizes the loss-landscape step compared: as contour.csv labels them, else the
+    grid's ends under the constant-LR rule (under any rule when there is none)."""
+    if "batch_size" in contour and contour["batch_size"].notna().any():
+        source = contour
+    else:
+        source = runs[runs["rule"] == "none"]
+        source = source if len(source) else runs
+    return int(source["batch_size"].min()), int(source["batch_size"].max())

@@ -427,7 +427,10 @@ def _table_commands(add) -> None:
     p = add("figures", cmd_figures, "Draw the report's main figures as PNG files (for snakemake --report).")
     p.add_argument("--tables", required=True, help="folder of tables (reports/tables)")
     p.add_argument(
-        "--out", nargs="+", required=True, help="PNG files, each named for its figure: learning_curves.png"
+        "--out",
+        nargs="+",
+        required=True,
+        help="files named for their figure: learning_curves.png, or learning_curves.rst (its caption)",
     )
 
 

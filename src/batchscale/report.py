@@ -180,15 +180,3 @@ def to_html(nb) -> str:
 def external_references(page: str) -> list[str]:
     """Every place where the page would fetch something from the network by itself."""
     return [m.group(0) for m in _FETCHED.finditer(page)]
-
-
-# The notebook (workflow/notebooks/report.ipynb) reads the HTML pieces, and the analysis they
-# present, as `report`'s: report_html.py holds them.
-from batchscale.analysis import (  # noqa: E402, F401
-    critical_batch_size,
-    has_steps_to_target,
-    reference_rule,
-    scaling_departure,
-)
-from batchscale.io import read_table  # noqa: E402, F401
-from batchscale.report_html import *  # noqa: E402, F403
