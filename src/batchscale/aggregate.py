@@ -223,7 +223,7 @@ def seconds_per_epoch(timing: pd.DataFrame) -> pd.Series:
     return single.groupby("batch_size")["epoch_seconds"].median()
 
 
-def mean_curves(history: pd.DataFrame) -> pd.DataFrame:
+def curves_table(history: pd.DataFrame) -> pd.DataFrame:
     """Mean over seeds per (rule, batch size, epoch): the learning curves DVC plots."""
     cols = ["train_loss", "val_loss", "val_acc"]
     curves = history.groupby(["rule", "batch_size", "epoch"], as_index=False)[cols].mean()
@@ -272,4 +272,4 @@ def aggregate(
     write_csv_atomic(tables_dir / "history.csv", history)
     write_csv_atomic(tables_dir / "runs.csv", runs)
     write_csv_atomic(tables_dir / "timing.csv", timing)
-    write_csv_atomic(tables_dir / "curves.csv", mean_curves(history))
+    write_csv_atomic(tables_dir / "curves.csv", curves_table(history))

@@ -156,7 +156,7 @@ REGISTRY: tuple[FigureEntry, ...] = (
     ),
     FigureEntry(
         "val_accuracy", "curves", "Learning curves", "validation accuracy per epoch",
-        _plot("mean_curves", "curves", "val_acc", "validation accuracy"),
+        _plot("curve_by_cell", "curves", "val_acc", "validation accuracy"),
         cap.fixed("Validation accuracy per epoch, mean over seeds."),
         missing=_needs("curves", "val_acc", "accuracy curves"),
     ),

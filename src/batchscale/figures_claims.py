@@ -65,7 +65,7 @@ def learning_curves(history: pd.DataFrame, metrics: tuple[str, ...] = ("train_lo
 
 
 @styled
-def mean_curves(curves: pd.DataFrame, metric: str, ylabel: str) -> Figure:
+def curve_by_cell(curves: pd.DataFrame, metric: str, ylabel: str) -> Figure:
     """A seed-mean curve from curves.csv vs epoch: one panel per LR rule, one line per batch size."""
     curves = finite(curves, [metric])
     fig, axes, rules, sizes, palette = panels_per_rule(curves, height=3.0)
