@@ -347,3 +347,16 @@ def test_the_unpassed_minimum_note_counts_only_runs_the_claim_rests_on():
     runs.loc[(runs["rule"] == "none") & (runs["batch_size"] == 64) & (runs["seed"] < 2), "min_passed"] = False
     c4 = claims.decide_all(runs, synthetic_timing(), params).set_index("claim_id").loc["C4"]
     assert " 2 runs (none/bs64) had not passed their minimum" in c4["summary"], c4["summary"]
+
+
+def test_c11_says_so_when_no_batch_size_gains_from_threads():
+    """A speed-up that rises with batch size but stays below 1 everywhere reproduces C11's trend;
+    the summary must then say that no batch size ran faster on all threads."""
+    gains = claims.decide_all(synthetic_runs(), synthetic_timing(), PARAMS).set_index("claim_id").loc["C11"]
+    assert gains["verdict"] == "reproduced" and "No batch size ran faster" not in gains["summary"]
+    timing = synthetic_timing()
+    slower = timing["threads"] > 1
+    timing.loc[slower, "epoch_seconds"] *= 10  # the threads cost time, less of it at large batches
+    losses = claims.decide_all(synthetic_runs(), timing, PARAMS).set_index("claim_id").loc["C11"]
+    assert losses["verdict"] == "reproduced", losses["summary"]
+    assert "No batch size ran faster on" in losses["summary"], losses["summary"]

@@ -27,6 +27,7 @@ SPEEDUP = "speedup"
 UNPASSED = "unpassed minimum"  # runs under the claim's rules that had not passed their minimum in time
 DIVERGED = "diverged runs"  # the diverged runs under the claim's rules, left out of it
 DIVERGED_AT_ENDS = "diverged runs at the smallest and largest batch"  # the same, for a gap
+NO_GAIN = "no batch size gains"  # C11: when no batch size ran faster on all threads than on one
 
 # C7: "most of the gap" means more than this fraction of it.
 MOST_OF_GAP = 0.5
@@ -302,7 +303,8 @@ CLAIMS: dict[str, ClaimSpec] = registry(
         "all threads); the seeds column counts repeats.",
         piece="Median speed-up of {most} threads over 1 on {device}: {values}; rho = {est} over {n} timing "
         "repeats.{inconclusive}",
-        value="{v:.2f}x", untested="epochs were timed at one thread count only (a 1-CPU machine)", notes=(),
+        value="{v:.2f}x", untested="epochs were timed at one thread count only (a 1-CPU machine)",
+        notes=(NO_GAIN,),
     ),
     TrendSpec(
         "C12", "Loss-landscape pictures show the sharp vs flat difference.",

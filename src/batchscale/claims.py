@@ -12,17 +12,17 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from functools import partial
 
 import numpy as np
 import pandas as pd
 
-from batchscale import stats
+from batchscale import analysis, stats
 from batchscale.claim_specs import (
     ARTICLE_MIN_VAL_LOSS,
     CLAIMS,
     DIVERGED,
     DIVERGED_AT_ENDS,
+    NO_GAIN,
     SEEDS,
     SPEEDUP,
     TIMING,
@@ -159,8 +159,7 @@ def _timing_table(timing: pd.DataFrame, metric: str) -> pd.DataFrame | None:
     if metric == SPEEDUP:
         if timing["threads"].nunique() < 2:
             return None
-        times = timing.pivot_table(index=["repeat", "batch_size"], columns="threads", values="epoch_seconds")
-        return stats.complete_rows((times[1] / times[timing["threads"].max()]).unstack("batch_size"))
+        return analysis.speedup_by_repeat(timing)
     single = timing[timing["threads"] == 1]
     return stats.complete_rows(single.pivot(index="repeat", columns="batch_size", values=metric))
 
@@ -347,11 +346,28 @@ def _diverged_note(spec: ClaimSpec, runs: pd.DataFrame, ends_only: bool = False)
     )
 
 
+def _no_gain_note(spec: ClaimSpec, runs: pd.DataFrame, timing: pd.DataFrame) -> str:
+    """C11 asks whether the speed-up from threads grows with batch size; when no batch size ran
+    faster on all threads than on one, say so: the trend is then a shrinking loss, not a gain."""
+    speedup = _timing_table(timing, SPEEDUP)
+    if speedup is None or speedup.empty:
+        return ""
+    medians = speedup.median()
+    if (medians > 1).any():
+        return ""
+    return (
+        f" No batch size ran faster on {timing['threads'].max()} threads than on 1 (median speed-ups "
+        f"at most {medians.max():.2f}x): what rises with batch size is how little the threads cost, "
+        "not a gain from them."
+    )
+
+
 # What each of a spec's `notes` appends to its summary, whatever the verdict.
-NOTES: dict[str, Callable[[ClaimSpec, pd.DataFrame], str]] = {
-    UNPASSED: _unpassed_note,
-    DIVERGED: _diverged_note,
-    DIVERGED_AT_ENDS: partial(_diverged_note, ends_only=True),
+NOTES: dict[str, Callable[[ClaimSpec, pd.DataFrame, pd.DataFrame], str]] = {
+    UNPASSED: lambda spec, runs, timing: _unpassed_note(spec, runs),
+    DIVERGED: lambda spec, runs, timing: _diverged_note(spec, runs),
+    DIVERGED_AT_ENDS: lambda spec, runs, timing: _diverged_note(spec, runs, ends_only=True),
+    NO_GAIN: _no_gain_note,
 }
 # The LR rules whose runs each run-based claim is decided on (C3 and C11 rest on timings).
 RUN_CLAIM_RULES = {claim_id: spec.rules for claim_id, spec in CLAIMS.items() if spec.rules}
@@ -363,7 +379,7 @@ def decide(spec: ClaimSpec, runs: pd.DataFrame, timing: pd.DataFrame, settings: 
         result = decide_gap(spec, runs, settings)
     else:
         result = decide_trend(spec, runs, timing, settings)
-    result.summary += "".join(NOTES[note](spec, runs) for note in spec.notes)
+    result.summary += "".join(NOTES[note](spec, runs, timing) for note in spec.notes)
     return result
 
 
