@@ -21,7 +21,7 @@ LAYERS = [
     # training and measuring
     {"strategies", "engine", "timing", "probes", "probe_runs", "bench", "thread_layout"},
     # tables -> numbers
-    {"analysis", "aggregate", "stats"},
+    {"analysis", "aggregate", "stats", "tuning"},
     {"claim_specs", "claims"},
     # presenting numbers: HTML pieces and text, matplotlib figures
     {"report_html", "figures_style", "figures_claims", "figures_landscape", "figures_beyond"},
