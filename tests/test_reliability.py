@@ -33,9 +33,11 @@ from batchscale.io import UnsafeFileError, atomic_path, load_torch, write_csv_at
 
 from conftest import copy_project, random_arrays, run, tool_env
 
-# Long enough that a kill reliably lands mid-run (the first checkpoint appears after one
-# epoch of 40), short enough that four interrupted runs and their references stay cheap.
-LONG = {"train": {"epochs": 40}}
+# Long enough that a kill reliably lands mid-run: the first checkpoint appears after one epoch,
+# and the kill comes after the test has seen it and found the job. A tiny-grid epoch takes
+# about 0.03 s, so 40 epochs (1.5 s) once let a whole run finish first (a CI run where
+# Snakemake exited 0 after Ctrl-C); 300 give 10 s, and four interrupted runs stay cheap.
+LONG = {"train": {"epochs": 300}}
 RUN = "results/mnist1d-cnn1d/runs/bs32_lr0.01"  # the tiny grid's base cell, shared by every LR rule
 
 
