@@ -32,7 +32,7 @@ def caption(stem: str, tables: dict, params: dict | None = None) -> str:
 
 
 def small_params() -> dict:
-    from test_report import small_params
+    from synthetic_study import small_params
 
     return small_params()
 
@@ -136,7 +136,7 @@ def test_a_caption_is_rst_that_docutils_renders_as_the_html_reports_text():
 
 
 def test_figure_files_are_drawn_from_the_tables(tmp_path):
-    from test_report import small_params, write_tables
+    from synthetic_study import small_params, write_tables
 
     params = small_params()
     tables, _ = write_tables(tmp_path, params)  # no bench.csv: that figure says so instead
@@ -158,7 +158,7 @@ def test_an_unknown_figure_name_is_refused_before_anything_is_drawn(tmp_path, ca
 
 @pytest.mark.parametrize("stem", ["c11_parallel_speedup", "steps_to_target", "c5_sharpness"])
 def test_a_figure_without_its_measurements_is_a_note(tmp_path, stem):
-    from test_report import small_params, write_tables
+    from synthetic_study import small_params, write_tables
 
     params = small_params()
     tables, _ = write_tables(tmp_path, params, probes=False, steps=False)
