@@ -33,11 +33,9 @@ from batchscale.io import UnsafeFileError, atomic_path, load_torch, write_csv_at
 
 from conftest import copy_project, random_arrays, run, tool_env
 
-# Long enough that a kill reliably lands mid-run: the first checkpoint appears after one epoch,
-# and the kill comes after the test has seen it and found the job. A tiny-grid epoch takes
-# about 0.03 s, so 40 epochs (1.5 s) once let a whole run finish first (a CI run where
-# Snakemake exited 0 after Ctrl-C); 300 give 10 s, and four interrupted runs stay cheap.
-LONG = {"train": {"epochs": 300}}
+# Long enough that a kill reliably lands mid-run (the first checkpoint appears after one
+# epoch of 40), short enough that four interrupted runs and their references stay cheap.
+LONG = {"train": {"epochs": 40}}
 RUN = "results/mnist1d-cnn1d/runs/bs32_lr0.01"  # the tiny grid's base cell, shared by every LR rule
 
 
@@ -96,10 +94,18 @@ def wait_for(condition: Callable[[], bool], what: str, timeout: float = 120) -> 
 
 def start(cmd: list[str], cwd: Path) -> subprocess.Popen:
     """Start `cmd` in its own process group (so a signal can reach it and its jobs, as a
-    terminal's Ctrl-C or a batch scheduler's does), output to a file (no pipe to fill)."""
+    terminal's Ctrl-C or a batch scheduler's does), output to a file (no pipe to fill).
+
+    SIGINT is reset to its default first: a test run started in the background of a script
+    (`.ci/run &`) inherits SIGINT ignored, and so would Snakemake, which then ran through a
+    Ctrl-C as if nothing had happened. A user's terminal delivers it."""
     with (cwd / "background.out").open("w") as out:
         return subprocess.Popen(cmd, cwd=cwd, env=tool_env(), stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)  # fmt: skip
+                                start_new_session=True, preexec_fn=_default_sigint)  # fmt: skip
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def training_job(snakemake: subprocess.Popen) -> psutil.Process | None:
