@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from batchscale import analysis
 from batchscale.analysis import reference_rule
 from batchscale.config import Cell
 from batchscale.io import write_csv_atomic
@@ -125,7 +126,7 @@ def leave_out_diverged(runs: pd.DataFrame) -> pd.DataFrame:
     evidence about a claim, so it must not enter one (docs/decisions.md)."""
     if runs.empty or "diverged_epoch" not in runs:
         return runs
-    diverged = runs["diverged_epoch"] >= 0
+    diverged = analysis.diverged(runs)
     blanked = [c for c in runs.columns if c not in KEPT_WHEN_DIVERGED]
     if diverged.any() and blanked:
         # Integer columns become float and boolean ones object, so that they can hold NaN.

@@ -92,16 +92,28 @@ def scaling_departure(
     return Departure(rule, factor, int(last), int(first), float(ratios[first]))
 
 
+def diverged(runs: pd.DataFrame) -> pd.Series:
+    """Which rows of a runs table diverged (diverged_epoch >= 0); none when it has no such column."""
+    if "diverged_epoch" not in runs:
+        return pd.Series(False, index=runs.index)
+    return runs["diverged_epoch"] >= 0
+
+
+def cut_off(runs: pd.DataFrame) -> pd.Series:
+    """Which runs had not passed their minimum by the last epoch: their epoch of the minimum is a
+    lower bound. A diverged run has no minimum to pass and is never cut off."""
+    passed = runs["min_passed"].astype("boolean").fillna(False).astype(bool)
+    return ~passed & ~diverged(runs)
+
+
 def unpassed_runs(runs: pd.DataFrame) -> pd.DataFrame:
     """Cells with runs whose validation loss had not passed its minimum by the last epoch.
 
     Diverged runs are left out, as in `claims` (they have no minimum to pass; diverged_note
     lists them); `runs` counts the seeds that did not diverge.
     """
-    if "diverged_epoch" in runs:
-        runs = runs[~(runs["diverged_epoch"] >= 0)]
-    passed = runs["min_passed"].astype("boolean").fillna(False).astype(bool)
-    runs = runs.assign(unpassed=~passed)
+    runs = runs[~diverged(runs)]
+    runs = runs.assign(unpassed=cut_off(runs))
     table = runs.groupby(["rule", "batch_size"], as_index=False).agg(
         unpassed=("unpassed", "sum"), runs=("seed", "nunique"), epochs=("epochs", "max")
     )

@@ -309,10 +309,6 @@ def decide_gap(spec: GapSpec, runs: pd.DataFrame, settings: Settings) -> ClaimRe
     return result
 
 
-def _diverged(runs: pd.DataFrame) -> pd.Series:
-    return runs["diverged_epoch"] >= 0 if "diverged_epoch" in runs else pd.Series(False, index=runs.index)
-
-
 def _cells_text(runs: pd.DataFrame) -> str:
     cells = sorted({(r, b) for r, b in zip(runs["rule"], runs["batch_size"], strict=True)})
     return ", ".join(f"{r}/bs{b}" for r, b in cells)
@@ -321,8 +317,7 @@ def _cells_text(runs: pd.DataFrame) -> str:
 def _unpassed_note(spec: ClaimSpec, runs: pd.DataFrame) -> str:
     """The runs under the claim's rules that had not passed their minimum by the last epoch (a
     diverged run has no minimum to pass): the ones whose epoch of the minimum is cut off."""
-    passed = runs["min_passed"].astype("boolean").fillna(False).astype(bool)
-    unpassed = runs[~passed & ~_diverged(runs) & runs["rule"].isin(spec.rules)]
+    unpassed = runs[analysis.cut_off(runs) & runs["rule"].isin(spec.rules)]
     if not len(unpassed):
         return ""
     return (
@@ -334,7 +329,7 @@ def _unpassed_note(spec: ClaimSpec, runs: pd.DataFrame) -> str:
 def _diverged_note(spec: ClaimSpec, runs: pd.DataFrame, ends_only: bool = False) -> str:
     """The diverged runs under the claim's rules (`ends_only`: at the smallest and largest batch,
     the only ones a gap compares), which the statistic leaves out with their seeds."""
-    hit = runs[_diverged(runs) & runs["rule"].isin(spec.rules)]
+    hit = runs[analysis.diverged(runs) & runs["rule"].isin(spec.rules)]
     if ends_only:
         hit = hit[hit["batch_size"].isin([runs["batch_size"].min(), runs["batch_size"].max()])]
     if not len(hit):

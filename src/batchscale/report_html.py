@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from batchscale import analysis
 from batchscale.aggregate import TARGET_MARGIN
 from batchscale.analysis import (
     CriticalBatch,
@@ -247,7 +248,7 @@ def unpassed_note(runs: pd.DataFrame) -> str:
 
 def diverged_note(runs: pd.DataFrame) -> str:
     """Runs that diverged (NaN/inf loss) and stopped early; empty when there are none."""
-    diverged = runs[runs["diverged_epoch"] >= 0]
+    diverged = runs[analysis.diverged(runs)]
     if diverged.empty:
         return ""
     cells = ", ".join(
