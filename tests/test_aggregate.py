@@ -116,3 +116,47 @@ def test_a_run_that_diverged_mid_way_has_no_statistics_at_all():
     blanked = aggregate.leave_out_diverged(probed).set_index("seed")
     assert blanked.loc[1, ["top_eigenvalue_best", "slice_curvature"]].isna().all()
     assert blanked.loc[0, "top_eigenvalue_best"] == 1.0
+
+
+def _sweep_history(lrs, seeds, losses_of):
+    """A job's history.csv: every seed at every LR (its rows carry their LR), epochs 0-3."""
+    return pd.DataFrame(
+        [{"batch_size": 64, "seed": seed, "epoch": e, "lr": lr, "train_loss": loss, "val_loss": loss,
+          "val_acc": 0.5, "dist_from_init": e, "update_norm": 0.1, "grad_competition": 0.2,
+          "diverged": not np.isfinite(loss)}
+         for lr in lrs for seed in seeds for e, loss in enumerate(losses_of(lr, seed))]
+    )  # fmt: skip
+
+
+def test_the_tuning_table_reads_each_lr_of_a_sweep_job_and_of_a_shared_run(tmp_path):
+    """One sweep job trains LRs 0.005 and 0.04 at B=64 (seeds 0, 1); 0.02 is the linear rule's
+    own run. Each (LR, seed) is one row with its own minimum, test loss and factor; steps to target
+    count to 5% above the worst batch size's best median minimum; a diverged run keeps no statistic."""
+    from batchscale.config import Cell
+
+    losses = {0.005: [2.0, 1.8, 1.6, 1.5], 0.02: [2.0, 1.2, 1.0, 1.1], 0.04: [2.0, 1.1, np.nan, np.nan]}
+    job = Cell("tuned", 64, 0.005, job_lrs=(0.005, 0.04))
+    sweep = [job, Cell("tuned", 64, 0.02), Cell("tuned", 64, 0.04, job_lrs=(0.005, 0.04))]
+    for cell, lrs in ((job, [0.005, 0.04]), (sweep[1], [0.02])):
+        folder = tmp_path / cell.run_dir
+        folder.mkdir(parents=True, exist_ok=True)
+        history = _sweep_history(lrs, [0, 1], lambda lr, seed: [v + 0.01 * seed for v in losses[lr]])
+        history.to_csv(folder / "history.csv", index=False)
+        tests = pd.DataFrame([{"seed": s, "lr": lr, "weights": w, "test_loss": 10 * lr + s + (w == "final"),
+                               "test_acc": 0.5} for lr in lrs for s in (0, 1) for w in ("best", "final")])  # fmt: skip
+        tests.to_csv(folder / "test.csv", index=False)
+    table = aggregate.tuning_table(sweep, tmp_path, linear_lr=lambda b: 0.01 * b / 32, num_train=640)
+    assert list(table.columns) == aggregate.TUNING_COLUMNS
+    assert len(table) == 6 and list(table["factor"].unique()) == [0.25, 1.0, 2.0]
+    row = table.set_index(["lr", "seed"])
+    assert row.loc[(0.005, 1), "min_val_loss"] == pytest.approx(1.51)
+    assert row.loc[(0.02, 0), "test_loss"] == pytest.approx(0.2) and row.loc[(0.02, 0), "final_test_loss"] == 1.2
+    assert row.loc[(0.02, 0), "best_epoch"] == 2
+    # LR 0.02 is the best median minimum (1.005): target 1.005 x 1.05, first reached at epoch 2.
+    assert table["target_val_loss"].iloc[0] == pytest.approx(1.005 * 1.05)
+    assert row.loc[(0.02, 0), "steps_to_target"] == 2 * 10 and np.isnan(row.loc[(0.005, 0), "steps_to_target"])
+    # 0.04 diverged at epoch 2: no minimum, no test loss; what identifies it stays.
+    assert row.loc[(0.04, 0), ["min_val_loss", "test_loss", "best_epoch"]].isna().all()
+    assert (row.loc[(0.04, 0), "diverged_epoch"], row.loc[(0.04, 0), "factor"]) == (2, 2.0)
+    empty = aggregate.tuning_table([], tmp_path, linear_lr=None, num_train=640)
+    assert empty.empty and list(empty.columns) == aggregate.TUNING_COLUMNS

@@ -10,6 +10,8 @@ from batchscale.config import (
     ConfigError,
     cells,
     load,
+    tuned_cells,
+    tuning_lrs,
     parse_run_key,
     prepared_path,
     probe_dirs,
@@ -94,8 +96,9 @@ def test_warmup_runs_have_their_own_key_except_at_the_base_batch_size():
     keys = {(c.rule, c.batch_size): c.run_key for c in cells(params)}
     assert keys[("linear_warmup", 32)] == keys[("none", 32)] == "bs32_lr0.01"
     assert keys[("linear_warmup", 64)] == "bs64_lr0.02_wu5"
-    assert parse_run_key("bs64_lr0.02_wu5") == (64, 0.02, 5)
-    assert parse_run_key("bs32_lr1e-05") == (32, 1e-05, 0)
+    assert parse_run_key("bs64_lr0.02_wu5") == (64, (0.02,), 5)
+    assert parse_run_key("bs32_lr1e-05") == (32, (1e-05,), 0)
+    assert parse_run_key("bs64_lr0.005_0.01_1e-05") == (64, (0.005, 0.01, 1e-05), 0)
     with pytest.raises(ConfigError, match="run key"):
         parse_run_key("bs32_lrfast")
 
@@ -142,3 +145,49 @@ def test_a_noise_scale_batch_larger_than_the_probe_subset_is_refused_before_any_
     with pytest.raises(ConfigError, match=r"^probes.noise_batch_size: .*training set \(64"):
         validate({"data": {"name": "npz", "path": str(own)}, "probes": {"examples": 1000}})
     validate({"data": {"name": "npz", "path": str(own)}, "probes": {"noise_batch_size": 64}})
+
+
+def test_the_tuned_sweep_shares_the_fixed_rules_runs_and_trains_the_rest_in_one_job_per_batch_size():
+    params = validate(
+        {"grid": {"batch_sizes": [32, 64, 512], "lr_rules": ["none", "linear", "tuned"],
+                  "tuning_factors": [0.125, 0.5, 1, 2]}}
+    )  # fmt: skip
+    sweep = {(c.batch_size, c.lr): c.run_key for c in tuned_cells(params)}
+    assert tuning_lrs(params, 64) == [0.0025, 0.01, 0.02, 0.04]  # the linear LR 0.02 x the factors
+    # none's 0.01 and linear's 0.02 at B=64 are their runs; the other two train together.
+    assert sweep[(64, 0.01)] == "bs64_lr0.01" and sweep[(64, 0.02)] == "bs64_lr0.02"
+    assert sweep[(64, 0.0025)] == sweep[(64, 0.04)] == "bs64_lr0.0025_0.04"
+    assert sweep[(32, 0.01)] == "bs32_lr0.01"  # none = linear = factor 1 at the base batch size
+    assert sweep[(512, 0.02)] == "bs512_lr0.02_0.08_0.32"  # 0.16 is linear's run; none's 0.01 not tried
+    assert {c.rule for c in cells(params)} == {"none", "linear"}  # the fixed rules' grid is unchanged
+    dirs = run_dirs(params)
+    assert len(dirs) == len(set(dirs)) == 5 + 3  # 5 fixed runs, one sweep job per batch size
+    assert parse_run_key("bs512_lr0.02_0.08_0.32").lrs == (0.02, 0.08, 0.32)
+    explicit = validate({"grid": {"lr_rules": ["tuned"], "tuning_lrs": [0.1, 0.03]}})
+    assert tuning_lrs(explicit, 256) == [0.03, 0.1]
+    assert all(c.job_lrs == (0.03, 0.1) for c in tuned_cells(explicit))
+    assert tuned_cells(validate({})) == []
+
+
+@pytest.mark.parametrize(
+    ("grid", "key"),
+    [
+        ({"lr_rules": ["tuned"], "tuning_lrs": [0.1]}, "grid.tuning_lrs"),
+        ({"lr_rules": ["tuned"], "tuning_factors": [1]}, "grid.tuning_factors"),
+        ({"lr_rules": ["tuned"], "tuning_factors": [0, 1]}, "grid.tuning_factors.0"),
+    ],
+)
+def test_a_tuning_grid_with_nothing_to_choose_from_is_refused(grid, key):
+    with pytest.raises(ConfigError) as err:
+        validate({"grid": grid})
+    assert str(err.value).startswith(f"{key}:"), err.value
+
+
+def test_the_tuned_rule_on_a_users_data_set_without_a_test_split_is_refused(tmp_path):
+    own = tmp_path / "mine.npz"
+    np.savez(own, **random_arrays(n_train=64))
+    tuned = {"data": {"name": "npz", "path": str(own)}, "grid": {"batch_sizes": [16], "lr_rules": ["tuned"]}}
+    with pytest.raises(ConfigError, match=r"^grid.lr_rules: the tuned rule is judged on a test split"):
+        validate(tuned)
+    np.savez(own, **random_arrays(n_train=64), x_test=np.ones((8, 12), np.float32), y_test=np.zeros(8, np.int64))
+    assert validate(tuned)["grid"]["lr_rules"] == ["tuned"]

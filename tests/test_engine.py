@@ -105,6 +105,49 @@ def test_member_k_equals_plain_run_with_seed_k(model_params, strategy):
         assert ours == pytest.approx(train_losses, rel=1e-5)
 
 
+@STRATEGIES
+def test_a_tuned_sweep_job_every_seed_at_every_lr_equals_plain_runs(strategy):
+    """A job of the tuned sweep trains each seed at several LRs (members LR by LR, as
+    `batchscale train --lr a b` lays them out): member (seed, lr) is the plain run with that seed
+    and LR, and its test-split loss at the final weights is the plain model's."""
+    base = tiny_dataset(features=16)
+    rng = torch.Generator().manual_seed(5)
+    data = Dataset(
+        base.x_train, base.y_train, base.x_val, base.y_val, num_classes=3,
+        x_test=torch.randn(20, 16, generator=rng), y_test=torch.randint(0, 3, (20,), generator=rng),
+    )  # fmt: skip
+    seeds, lrs = [3, 7], [0.05, 0.01]
+    spec = TrainSpec(
+        batch_size=24, seeds=[s for _ in lrs for s in seeds], lrs=[lr for lr in lrs for _ in seeds],
+        epochs=2, momentum=0.9, strategy=strategy,
+    )  # fmt: skip
+    model_params = MODELS[1]
+    ensemble = Ensemble(model_params, data, spec, torch.device("cpu"))
+    state = train(ensemble, progress=silent())
+    tests = {(r["seed"], r["lr"], r["weights"]): r for r in ensemble.test_rows(state)}
+    assert len(tests) == 2 * len(spec.seeds)
+    for member, (seed, lr) in enumerate(zip(spec.seeds, spec.lrs, strict=True)):
+        params, _, _ = plain_sgd_run(model_params, data, seed, lr, spec.batch_size, spec.epochs, 0.9)
+        for name, tensor in params.items():
+            torch.testing.assert_close(state.params[name][member], tensor.detach(), rtol=1e-5, atol=1e-6)
+        torch.manual_seed(seed)
+        plain = build_model(model_params, data.in_features, data.num_classes)
+        plain.load_state_dict({name: t.detach() for name, t in params.items()})
+        with torch.no_grad():
+            expected = F.cross_entropy(plain(data.x_test), data.y_test).item()
+        assert tests[seed, lr, "final"]["test_loss"] == pytest.approx(expected, rel=1e-5)
+    rows = [r for r in state.history if r["epoch"] == spec.epochs]
+    assert sorted((r["seed"], r["lr"]) for r in rows) == sorted(zip(spec.seeds, spec.lrs, strict=True))
+
+
+def test_without_a_test_split_the_test_losses_are_nan():
+    data = tiny_dataset()
+    spec = TrainSpec(batch_size=16, seeds=[0, 1], lrs=[0.05] * 2, epochs=1, momentum=0.9)
+    ensemble = Ensemble(MODELS[0], data, spec, torch.device("cpu"))
+    rows = ensemble.test_rows(train(ensemble, progress=silent()))
+    assert len(rows) == 4 and all(math.isnan(r["test_loss"]) for r in rows)
+
+
 def test_members_differ_and_history_is_complete():
     data = tiny_dataset()
     spec = TrainSpec(batch_size=16, seeds=[0, 1, 2], lrs=[0.05] * 3, epochs=2, momentum=0.9)

@@ -25,8 +25,18 @@ MIN_PASSED_RISE = 0.01
 # target, and when it first reached that target (steps to target, which counts a run that never
 # does as infinitely many steps, is not a claim statistic). Every other column -- every
 # statistic a claim or figure is decided on, the probes' included -- is NaN for it.
-KEPT_WHEN_DIVERGED = ("rule", "batch_size", "seed", "lr", "epochs", "diverged_epoch",
+KEPT_WHEN_DIVERGED = ("rule", "batch_size", "seed", "lr", "factor", "epochs", "diverged_epoch",
                       "target_val_loss", "epochs_to_target", "steps_to_target")  # fmt: skip
+
+# Per run, from its test.csv: the test split's loss and accuracy at the weights of the epoch of
+# minimum validation loss (what early stopping on validation keeps), and the final weights' loss.
+TEST_COLUMNS = ("test_loss", "test_acc", "final_test_loss")
+
+# tuning.csv: the tuned rule's sweep, one row per (batch size, LR, seed); `factor` is the LR over
+# the linear rule's LR at that batch size.
+TUNING_COLUMNS = ["batch_size", "lr", "factor", "seed", "epochs", "diverged_epoch", "min_val_loss",
+                  "best_epoch", "min_passed", *TEST_COLUMNS, "target_val_loss", "epochs_to_target",
+                  "steps_to_target"]  # fmt: skip
 
 
 def _labelled(frame: pd.DataFrame, cell: Cell) -> pd.DataFrame:
@@ -68,8 +78,10 @@ def read_jobs(cells: list[Cell], root: Path) -> pd.DataFrame:
             continue
         summary = json.loads(path.read_text())
         rows[cell.run_dir] = {
-            "run": cell.run_key, "batch_size": summary["batch_size"], "lr": summary["lr"],
-            "members": len(summary["seeds"]), "device": summary["device"],
+            # A job of the tuned sweep trains several LRs (its run key names them): no one LR.
+            "run": cell.run_key, "batch_size": summary["batch_size"], "lr": summary.get("lr"),
+            "members": len(summary["seeds"]) * len(summary.get("lrs") or [summary["lr"]]),
+            "device": summary["device"],
             # How the members trained together (train.ensemble); runs from before it was recorded: vmap.
             "ensemble": summary.get("ensemble", "vmap"), "threads": summary["threads"],
             "train_seconds": summary["train_seconds"],
@@ -118,6 +130,28 @@ def probe_summaries(sharpness: pd.DataFrame, slices: pd.DataFrame) -> pd.DataFra
     )
     wide.columns = [f"{metric}_{which}" for metric, which in wide.columns]
     return wide.reset_index().merge(slice_curvature(slices), on=keys, how="left")
+
+
+def test_summaries(tests: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """One row per run from the runs' test.csv rows (`keys` and weights best/final): TEST_COLUMNS."""
+    if tests.empty:
+        return pd.DataFrame(columns=[*keys, *TEST_COLUMNS])
+    wide = tests.pivot_table(index=keys, columns="weights", values=["test_loss", "test_acc"], aggfunc="first")
+    table = pd.DataFrame(
+        {
+            "test_loss": wide[("test_loss", "best")],
+            "test_acc": wide[("test_acc", "best")],
+            "final_test_loss": wide[("test_loss", "final")],
+        }
+    )
+    return table.reset_index()
+
+
+def with_tests(runs: pd.DataFrame, tests: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """`runs` with TEST_COLUMNS (NaN for a run without a test.csv, or a data set without a test split)."""
+    if runs.empty:
+        return runs.reindex(columns=[*runs.columns, *TEST_COLUMNS])
+    return runs.merge(test_summaries(tests, keys), on=keys, how="left")
 
 
 def leave_out_diverged(runs: pd.DataFrame) -> pd.DataFrame:
@@ -183,6 +217,55 @@ def run_summaries(history: pd.DataFrame, seconds_per_epoch: pd.Series) -> pd.Dat
     return leave_out_diverged(pd.DataFrame(rows))
 
 
+def sweep_cell_history(cell: Cell, root: Path) -> pd.DataFrame:
+    """A cell of the tuned sweep's history, from the rows of its LR in its job's history.csv."""
+    history = pd.read_csv(root / cell.run_dir / "history.csv")
+    if cell.job_lrs:  # the job trained every seed at each of its LRs; a member's rows carry its LR
+        history = history[np.isclose(history["lr"], cell.lr, rtol=1e-9, atol=0)]
+    return _labelled(history, cell).assign(lr=cell.lr)
+
+
+def tuning_table(sweep: list[Cell], root: Path, linear_lr, num_train: int | None) -> pd.DataFrame:
+    """tuning.csv: every (batch size, LR, seed) of the tuned sweep, summarised as runs.csv's rows
+    are, with the test split's losses and the sweep's own steps to target; no rows without a sweep.
+
+    `linear_lr(batch_size)` is the linear rule's LR (`factor` is relative to it). The target is
+    TARGET_MARGIN above the largest median minimum validation loss over the batch sizes, each at
+    its LR chosen on that statistic (`tuning.choose_lr`), so that every batch size can reach it.
+    """
+    from batchscale import tuning
+
+    if not sweep:
+        return pd.DataFrame(columns=TUNING_COLUMNS)
+    keys = ["batch_size", "lr", "seed"]
+    histories = {cell: sweep_cell_history(cell, root) for cell in sweep}
+    runs = pd.concat([run_summaries(history, pd.Series(dtype=float)) for history in histories.values()])
+    # (run_summaries' lr is each cell's own: sweep_cell_history set it on its rows.)
+    tests = pd.concat([read_sweep_tests(cell, root) for cell in sweep], ignore_index=True)
+    runs = with_tests(runs.drop(columns="rule"), tests, keys)
+    runs["factor"] = runs["lr"] / runs["batch_size"].map(linear_lr)
+    history = pd.concat(histories.values(), ignore_index=True)
+    chosen = tuning.choose_lr(runs)
+    target = float(chosen["min_val_loss"].max() * (1 + TARGET_MARGIN)) if len(chosen) else np.nan
+    reached = history[(history["epoch"] > 0) & (history["val_loss"] <= target)]
+    first = reached.groupby(keys)["epoch"].min().rename("epochs_to_target").reset_index()
+    runs = runs.merge(first, on=keys, how="left")
+    runs["target_val_loss"] = target
+    runs["steps_to_target"] = runs["epochs_to_target"] * np.ceil((num_train or np.nan) / runs["batch_size"])
+    runs = leave_out_diverged(runs)
+    return runs.reindex(columns=TUNING_COLUMNS).sort_values(keys, ignore_index=True)
+
+
+def read_sweep_tests(cell: Cell, root: Path) -> pd.DataFrame:
+    """A sweep cell's rows of its job's test.csv (none when the run predates test.csv)."""
+    path = root / cell.run_dir / "test.csv"
+    if not path.exists():
+        return pd.DataFrame(columns=["seed", "lr", "weights", "test_loss", "test_acc"])
+    tests = pd.read_csv(path)
+    tests = tests[np.isclose(tests["lr"], cell.lr, rtol=1e-9, atol=0)]
+    return tests.assign(lr=cell.lr, batch_size=cell.batch_size)
+
+
 def target_val_loss(runs: pd.DataFrame) -> float:
     """The validation loss steps-to-target counts to: TARGET_MARGIN above the largest cell
     median of the minimum validation loss under the linear rule (else the first rule)."""
@@ -246,9 +329,13 @@ def aggregate(
     root: Path = Path(),
     landscape_dir: Path | None = None,
     num_train: int | None = None,
+    sweep: list[Cell] = (),
+    linear_lr=None,
 ) -> None:
     """Write the tidy tables under `tables_dir`: history, runs, jobs, timing, curves,
-    sharpness, slices, interpolation and contour (the last four empty when no probes were run).
+    sharpness, slices, interpolation and contour (the last four empty when no probes were run),
+    and tuning (the tuned rule's `sweep`; no rows without one; `linear_lr(batch_size)`: the
+    linear rule's LR, which the sweep's factors are relative to).
 
     Run and probe folders are read relative to `root` (the project directory).
     """
@@ -258,6 +345,8 @@ def aggregate(
     slices = read_per_cell(cells, "probe_dir", "slices.csv", root)
     noise = read_per_cell(cells, "probe_dir", "noise.csv", root)
     runs = run_summaries(history, seconds_per_epoch(timing))
+    tests = read_per_cell(cells, "run_dir", "test.csv", root).drop(columns="lr", errors="ignore")
+    runs = with_tests(runs, tests, ["rule", "batch_size", "seed"])
     if num_train:
         runs = add_steps_to_target(runs, history, num_train)
     probed = probe_summaries(sharpness, slices)
@@ -269,7 +358,8 @@ def aggregate(
     write_csv_atomic(tables_dir / "noise.csv", noise)
     write_csv_atomic(tables_dir / "interpolation.csv", read_landscape(landscape_dir, "interpolation.csv"))
     write_csv_atomic(tables_dir / "contour.csv", read_landscape(landscape_dir, "contour.csv"))
-    write_csv_atomic(tables_dir / "jobs.csv", read_jobs(cells, root))
+    write_csv_atomic(tables_dir / "tuning.csv", tuning_table(list(sweep), root, linear_lr, num_train))
+    write_csv_atomic(tables_dir / "jobs.csv", read_jobs([*cells, *sweep], root))
     write_csv_atomic(tables_dir / "history.csv", history)
     write_csv_atomic(tables_dir / "runs.csv", runs)
     write_csv_atomic(tables_dir / "timing.csv", timing)

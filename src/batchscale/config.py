@@ -11,6 +11,7 @@ import json
 import math
 import re
 from dataclasses import dataclass
+from typing import NamedTuple
 from importlib import resources
 from pathlib import Path
 
@@ -171,11 +172,31 @@ def check_consistency(params: dict, given: set[str]) -> None:
         check_noise_batch(params["probes"], params["data"] if "data" in given else None)
     if "grid" not in given:
         return
+    check_tuning(params["grid"], params["data"] if "data" in given else None)
     num_train = expected_train_size(params["data"])
     for batch_size in params["grid"]["batch_sizes"]:
         if batch_size > num_train:
             raise ConfigError(
                 f"grid.batch_sizes: batch size {batch_size} is larger than the training set ({num_train})"
+            )
+
+
+TUNED = "tuned"
+
+
+def check_tuning(grid: dict, data: dict | None) -> None:
+    """The tuned rule chooses among at least two LRs, and is judged on a test split."""
+    if TUNED not in grid["lr_rules"]:
+        return
+    if len(grid["tuning_lrs"]) == 1:
+        raise ConfigError("grid.tuning_lrs: the tuned rule needs at least 2 learning rates to choose from")
+    if data is not None and data["name"] == "npz":
+        from batchscale.data import has_test_split
+
+        if not has_test_split(user_arrays(data)):
+            raise ConfigError(
+                f"grid.lr_rules: the tuned rule is judged on a test split, and data.path {data['path']} "
+                "has none (add x_test and y_test arrays)"
             )
 
 
@@ -201,7 +222,9 @@ class Cell:
 
     Training is identified by what it computes, (batch size, learning rate), not by the
     rule's name: two rules that give the same LR at a batch size (every rule agrees at
-    the base batch size) share one training run instead of computing it twice.
+    the base batch size) share one training run instead of computing it twice. A cell of the
+    tuned rule's sweep may be trained by a job with several LRs (`job_lrs`: every seed at
+    each), whose run folder it shares with the sweep's other new LRs at that batch size.
     """
 
     rule: str
@@ -209,12 +232,14 @@ class Cell:
     lr: float
     warmup_epochs: int = 0
     study_dir: str = "results"
+    job_lrs: tuple[float, ...] = ()  # the LRs its job trains, when more than its own
 
     @property
     def run_key(self) -> str:
         """Names the training run; repr(lr) round-trips the float exactly."""
         warmup = f"_wu{self.warmup_epochs}" if self.warmup_epochs else ""
-        return f"bs{self.batch_size}_lr{self.lr!r}{warmup}"
+        lrs = "_".join(repr(lr) for lr in (self.job_lrs or (self.lr,)))
+        return f"bs{self.batch_size}_lr{lrs}{warmup}"
 
     @property
     def run_dir(self) -> str:
@@ -240,11 +265,14 @@ def study_dir(params: dict) -> str:
 
 
 def cells(params: dict) -> list[Cell]:
-    """The grid of runs, in a fixed order: rules as listed, batch sizes ascending."""
+    """The grid of runs of the fixed rules (every rule but `tuned`), in a fixed order: rules as
+    listed, batch sizes ascending."""
     grid, train = params["grid"], params["train"]
     root = study_dir(params)
     out = []
     for rule in grid["lr_rules"]:
+        if rule == TUNED:
+            continue
         for bs in sorted(grid["batch_sizes"]):
             lr = scaled_lr(rule, train["base_lr"], train["base_batch_size"], bs)
             # A ramp from the base LR to itself is no warm-up: that run is shared with `none`.
@@ -253,23 +281,62 @@ def cells(params: dict) -> list[Cell]:
     return out
 
 
+def tuning_lrs(params: dict, batch_size: int) -> list[float]:
+    """The tuned rule's LRs at `batch_size`, ascending: `grid.tuning_lrs`, else the linear rule's
+    LR there times `grid.tuning_factors`, to 12 significant digits (0.0025, not 0.0025000000000000005:
+    the LR names the run)."""
+    grid, train = params["grid"], params["train"]
+    if grid["tuning_lrs"]:
+        return sorted(float(lr) for lr in grid["tuning_lrs"])
+    linear = scaled_lr("linear", train["base_lr"], train["base_batch_size"], batch_size)
+    return sorted({float(f"{linear * factor:.12g}") for factor in grid["tuning_factors"]})
+
+
+def tuned_cells(params: dict) -> list[Cell]:
+    """The tuned rule's sweep, one cell per (batch size, LR), batch sizes ascending; [] when the
+    grid has no tuned rule. An LR a fixed rule trains at that batch size (without warm-up) is
+    that run's; the others at a batch size train together, every seed at each, in one job."""
+    if TUNED not in params["grid"]["lr_rules"]:
+        return []
+    root = study_dir(params)
+    fixed = [cell for cell in cells(params) if not cell.warmup_epochs]
+    out = []
+    for bs in sorted(params["grid"]["batch_sizes"]):
+        trained = [cell.lr for cell in fixed if cell.batch_size == bs]
+        lrs = [next((t for t in trained if math.isclose(t, lr, rel_tol=1e-9)), lr) for lr in tuning_lrs(params, bs)]
+        new = tuple(lr for lr in lrs if lr not in trained)
+        for lr in lrs:
+            job = new if lr in new and len(new) > 1 else ()
+            out.append(Cell(TUNED, bs, lr, 0, root, job))
+    return out
+
+
 # What a run key looks like, its parts named; and the same without the names, for Snakemake's
-# wildcard constraint (which wraps it in a group named after the wildcard).
-RUN_KEY = re.compile(r"bs(?P<batch_size>\d+)_lr(?P<lr>[0-9][0-9.e+-]*?)(?:_wu(?P<warmup>\d+))?")
+# wildcard constraint (which wraps it in a group named after the wildcard). A job of the tuned
+# sweep names all its LRs: bs64_lr0.005_0.01_0.04.
+_LR = r"[0-9][0-9.e+-]*?"
+RUN_KEY = re.compile(rf"bs(?P<batch_size>\d+)_lr(?P<lrs>{_LR}(?:_{_LR})*)(?:_wu(?P<warmup>\d+))?")
 RUN_KEY_PATTERN = re.sub(r"\(\?P<\w+>", "(?:", RUN_KEY.pattern)
 
 
-def parse_run_key(key: str) -> tuple[int, float, int]:
-    """(batch size, learning rate, warm-up epochs) from a run key such as bs64_lr0.02_wu5."""
+class RunKey(NamedTuple):
+    batch_size: int
+    lrs: tuple[float, ...]
+    warmup_epochs: int
+
+
+def parse_run_key(key: str) -> RunKey:
+    """(batch size, learning rates, warm-up epochs) from a run key such as bs64_lr0.02_wu5."""
     match = RUN_KEY.fullmatch(key)
     if match is None:
-        raise ConfigError(f"run key {key!r} is not of the form bs<B>_lr<LR>[_wu<epochs>]")
-    return int(match["batch_size"]), float(match["lr"]), int(match["warmup"] or 0)
+        raise ConfigError(f"run key {key!r} is not of the form bs<B>_lr<LR>[_<LR>...][_wu<epochs>]")
+    lrs = tuple(float(lr) for lr in match["lrs"].split("_"))
+    return RunKey(int(match["batch_size"]), lrs, int(match["warmup"] or 0))
 
 
 def run_dirs(params: dict) -> list[str]:
-    """The distinct training runs the grid needs, in grid order."""
-    return list(dict.fromkeys(cell.run_dir for cell in cells(params)))
+    """The distinct training runs the grid needs, in grid order (the tuned sweep's last)."""
+    return list(dict.fromkeys(cell.run_dir for cell in cells(params) + tuned_cells(params)))
 
 
 def probe_dirs(params: dict) -> list[str]:

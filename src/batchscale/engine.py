@@ -12,6 +12,7 @@ tensors and a batch is an index gather, not a DataLoader.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -339,6 +340,25 @@ class Ensemble:
             row.update({k: host[k][m] for k in measured})
             rows.append(row)
         return rows
+
+    def test_rows(self, state: EnsembleState) -> list[dict]:
+        """Every member's loss and accuracy on the test split at its best-validation weights (the
+        epoch early stopping on validation would keep) and at its final weights; NaN without a
+        test split. Nothing during training looks at the test split."""
+        if self.data.has_test_split:
+            measured = {
+                which: self.evaluate(dataclasses.replace(state, params=params), self.data.x_test, self.data.y_test)
+                for which, params in (("best", state.best), ("final", state.params))
+            }
+            host = {which: (loss.tolist(), acc.tolist()) for which, (loss, acc) in measured.items()}
+        else:
+            host = {which: ([math.nan] * self.members,) * 2 for which in ("best", "final")}
+        return [
+            {"seed": seed, "lr": self.spec.lrs[m], "weights": which,
+             "test_loss": host[which][0][m], "test_acc": host[which][1][m]}
+            for m, seed in enumerate(self.spec.seeds)
+            for which in ("best", "final")
+        ]  # fmt: skip
 
 
 def _state_to_dict(state: EnsembleState, identity: str) -> dict:

@@ -2,6 +2,7 @@ rule aggregate:
     input:
         runs=[f"{d}/history.csv" for d in RUN_DIRS],
         summaries=[f"{d}/summary.json" for d in RUN_DIRS],
+        tests=[f"{d}/test.csv" for d in RUN_DIRS],
         timing=expand(f"{RESULTS}/timing/bs{{batch_size}}.csv", batch_size=BATCH_SIZES),
         probes=[
             f"{d}/{name}.csv"
@@ -20,6 +21,7 @@ rule aggregate:
         noise="reports/tables/noise.csv",
         interpolation="reports/tables/interpolation.csv",
         contour="reports/tables/contour.csv",
+        tuning="reports/tables/tuning.csv",
     log:
         "logs/aggregate.log",
     conda:

@@ -1,6 +1,7 @@
 # One job per distinct training run of the grid (batch size, learning rate, warm-up); all
 # seeds train as one ensemble. Rules that agree at a batch size (all do at the base batch
-# size) share the job.
+# size) share the job. The tuned rule's LRs at a batch size that no other rule trains form
+# one job (every seed at each LR: seeds x LRs members).
 rule train:
     input:
         data=PREPARED,
@@ -8,10 +9,11 @@ rule train:
         history=f"{RESULTS}/runs/{{run}}/history.csv",
         summary=f"{RESULTS}/runs/{{run}}/summary.json",
         weights=f"{RESULTS}/runs/{{run}}/weights.pt",
+        test=f"{RESULTS}/runs/{{run}}/test.csv",
     log:
         f"logs/{STUDY}/train/{{run}}.log",
-    # Smaller batches first: they take the most steps, so they would otherwise be the long
-    # tail that one core works through while the others wait.
+    # The costliest jobs first (smaller batches, and the tuned sweep's jobs of several LRs):
+    # they would otherwise be the long tail that one core works through while the others wait.
     priority: lambda wildcards: train_priority(wildcards.run)
     conda:
         ENV
