@@ -4,12 +4,15 @@ figure tests render and draw from it without training anything."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from batchscale import aggregate, claims
+from batchscale import aggregate, claims, tuned_analysis
 from batchscale.config import cells, validate
 from batchscale.io import write_csv_atomic
 from batchscale.scaling import scaled_lr
@@ -145,12 +148,19 @@ def write_landscape(folder: Path) -> None:
     write_csv_atomic(folder / "contour.csv", contour)
 
 
-def write_tables(root: Path, params: dict, probes: bool = True, steps: bool = True) -> tuple[Path, Path]:
+def write_tables(
+    root: Path, params: dict, probes: bool = True, steps: bool = True, tuned: bool = False
+) -> tuple[Path, Path]:
     """Run (and probe) folders and timings -> the package's own aggregate and claims -> tables,
     claims.csv. `probes=False`: as when the probe and landscape steps did not run; `steps=False`:
-    as tables aggregated before steps to target were counted."""
+    as tables aggregated before steps to target were counted; `tuned=True`: with a tuned-LR
+    sweep (tuning.csv, `synthetic_world`) and the fixed rules' test losses in runs.csv (give
+    `with_tuned(params)` for the figures and report to show it)."""
     timing_files = []
-    grid = cells(params)
+    # The fake runs are the fixed rules'; a tuned sweep is written as its table below.
+    rules = [rule for rule in params["grid"]["lr_rules"] if rule != "tuned"]
+    fixed = {**params, "grid": {**params["grid"], "lr_rules": rules}}
+    grid = cells(fixed)
     for cell in grid:  # rules that share a run (same LR at a batch size) write the same file
         history = fake_history(cell.rule, cell.batch_size, params, cell.warmup_epochs)
         write_csv_atomic(root / cell.run_dir / "history.csv", history)
@@ -182,8 +192,125 @@ def write_tables(root: Path, params: dict, probes: bool = True, steps: bool = Tr
         grid, timing_files, tables, root=root, landscape_dir=landscape, num_train=NUM_TRAIN if steps else None
     )
     runs, timing = pd.read_csv(tables / "runs.csv"), pd.read_csv(tables / "timing.csv")
+    if tuned:
+        runs = write_sweep(tables, runs, params)
+    study = tuned_analysis.from_tables(tables, runs, params)
+    tuned_analysis.write_tables(study, tables)  # as `batchscale claims`: header only without a sweep
     settings = claims.Settings.from_params(params)
     write_csv_atomic(tables / "article_comparison.csv", claims.article_comparison(runs, settings))
     claims_csv = root / "reports" / "claims.csv"
-    write_csv_atomic(claims_csv, claims.decide_all(runs, timing, params))
+    write_csv_atomic(claims_csv, claims.decide_all(runs, timing, params, study))
     return tables, claims_csv
+
+
+def synthetic_world(params: dict) -> TunedWorld:
+    """The small study's tuned world: its batch sizes and seeds, the best LR growing as sqrt(B)
+    from the base LR (interior at both batch sizes), a slightly higher loss at the larger batch."""
+    train = params["train"]
+    return TunedWorld(
+        sizes=SIZES, seeds=SEEDS, base_lr=train["base_lr"], base_batch_size=train["base_batch_size"],
+        best_lr=lambda b: train["base_lr"] * (b / train["base_batch_size"]) ** 0.5,
+        floor=lambda b: 0.5 + 0.01 * np.log2(b / SIZES[0]), epochs=EPOCHS,
+    )  # fmt: skip
+
+
+def write_sweep(tables: Path, runs: pd.DataFrame, params: dict) -> pd.DataFrame:
+    """tuning.csv from `synthetic_world`, and its test losses into runs.csv for the fixed rules
+    when aggregate has none (the fake histories have no test split: the same world at each
+    run's LR instead); returns runs.csv."""
+    world = synthetic_world(params)
+    if "test_loss" not in runs or runs["test_loss"].isna().all():
+        measured = [world.run(r.batch_size, r.lr, r.seed) for r in runs.itertuples()]
+        for column in ("test_loss", "test_acc", "final_test_loss"):
+            runs[column] = [row[column] for row in measured]
+        write_csv_atomic(tables / "runs.csv", runs)
+    write_csv_atomic(tables / "tuning.csv", world.sweep())
+    return runs
+
+
+# --- a tuned-LR sweep whose answers are known --------------------------------------------------
+
+TUNING_FACTORS = (0.125, 0.25, 0.5, 1.0, 2.0)  # the default grid.tuning_factors
+
+
+@dataclass(frozen=True)
+class TunedWorld:
+    """A study whose every run's losses and steps follow known functions: at batch size B the
+    true loss is `floor(B)` at the best LR `best_lr(B)` and rises by `curvature` per squared
+    octave away from it, plus a seed's own offset (the same in every cell: its initial weights)
+    and an independent draw per run and split; the steps to target at the best LR are McCandlish
+    et al.'s S_min (1 + B_noise / B), more elsewhere. The fixed rules' runs are the same function at
+    their LRs, so a sweep and runs.csv agree where they share a run."""
+
+    sizes: tuple[int, ...] = (32, 64, 128, 256, 512, 1024)
+    seeds: tuple[int, ...] = tuple(range(8))
+    best_lr: Callable[[int], float] = lambda b: 0.01 * (b / 32) ** 0.5
+    floor: Callable[[int], float] = lambda b: 0.5
+    curvature: float = 0.02
+    seed_sd: float = 0.01
+    run_sd: float = 0.002
+    s_min: float = 1000.0
+    b_noise: float = 200.0
+    base_lr: float = 0.01
+    base_batch_size: int = 32
+    lrs: Callable[[int], Sequence[float]] | None = None  # default: the linear LR x TUNING_FACTORS
+    diverge_above: float = math.inf  # an LR at least this large diverges in every seed
+    epochs: int = 20
+
+    def linear_lr(self, b: int) -> float:
+        return self.base_lr * b / self.base_batch_size
+
+    def grid(self, b: int) -> list[float]:
+        return list(self.lrs(b)) if self.lrs else [self.linear_lr(b) * f for f in TUNING_FACTORS]
+
+    def true_loss(self, b: int, lr: float) -> float:
+        return self.floor(b) + self.curvature * math.log2(lr / self.best_lr(b)) ** 2
+
+    def noise(self, b: int, lr: float, seed: int) -> np.ndarray:
+        """The seed's offset plus two independent draws (validation, test) for this run, the same
+        whichever table asks (keyed by the run)."""
+        offset = np.random.default_rng([7, seed]).normal(0, self.seed_sd)
+        own = np.random.default_rng([11, b, round(lr * 1e9), seed]).normal(0, self.run_sd, size=3)
+        return offset + own
+
+    def run(self, b: int, lr: float, seed: int) -> dict:
+        """One row of tuning.csv (or the measured columns of runs.csv)."""
+        loss = self.true_loss(b, lr)
+        val, test, final = loss + self.noise(b, lr, seed)
+        steps = self.s_min * (1 + self.b_noise / b) * (1 + math.log2(lr / self.best_lr(b)) ** 2)
+        steps_per_epoch = math.ceil(NUM_TRAIN / b)
+        row = {
+            "batch_size": b, "lr": lr, "factor": lr / self.linear_lr(b), "seed": seed, "epochs": self.epochs,
+            "diverged_epoch": -1, "min_val_loss": val, "best_epoch": self.epochs // 2, "min_passed": True,
+            "test_loss": test, "test_acc": 1 - test / 2, "final_test_loss": final + 0.01,
+            "target_val_loss": 0.6, "epochs_to_target": steps / steps_per_epoch, "steps_to_target": steps,
+        }  # fmt: skip
+        if lr >= self.diverge_above:
+            kept = ("batch_size", "lr", "factor", "seed", "epochs", "target_val_loss")
+            row = {k: (v if k in kept else math.nan) for k, v in row.items()} | {"diverged_epoch": 2}
+        return row
+
+    def sweep(self) -> pd.DataFrame:
+        """tuning.csv: every seed at every LR of every batch size's grid."""
+        rows = [self.run(b, lr, s) for b in self.sizes for lr in self.grid(b) for s in self.seeds]
+        return pd.DataFrame(rows, columns=TUNING_COLUMNS)
+
+    def fixed_runs(self, rules: Sequence[str] = ("none", "linear")) -> pd.DataFrame:
+        """runs.csv's rows for the fixed rules, with their test losses."""
+        lr_of = {"none": lambda b: self.base_lr, "linear": self.linear_lr}
+        rows = [{"rule": rule, **self.run(b, lr_of[rule](b), s)} for rule in rules for b in self.sizes
+                for s in self.seeds]  # fmt: skip
+        return pd.DataFrame(rows).drop(columns=["factor"])
+
+
+TUNING_COLUMNS = [
+    "batch_size", "lr", "factor", "seed", "epochs", "diverged_epoch", "min_val_loss", "best_epoch",
+    "min_passed", "test_loss", "test_acc", "final_test_loss", "target_val_loss", "epochs_to_target",
+    "steps_to_target",
+]  # fmt: skip
+
+
+def with_tuned(params: dict) -> dict:
+    """`params` with the tuned rule in the grid (added after validation, so that the fake study
+    does not depend on the training side knowing the rule)."""
+    return {**params, "grid": {**params["grid"], "lr_rules": [*params["grid"]["lr_rules"], "tuned"]}}

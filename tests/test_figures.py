@@ -14,7 +14,8 @@ from batchscale import cli, figures
 ROOT = Path(__file__).resolve().parents[1]
 RULES = ROOT / "workflow" / "rules" / "figures.smk"
 NOTEBOOK = ROOT / "workflow" / "notebooks" / "report.ipynb"
-DRAWING = ["figures_style", "figures_claims", "figures_landscape", "figures_beyond"]
+DRAWING = ["figures_style", "figures_claims", "figures_landscape", "figures_beyond", "figures_tuned"]
+TUNED_FIGURES = {"tuned_lr", "critical_batch_measured"}
 
 
 def png_size(data: bytes) -> tuple[int, int]:
@@ -56,7 +57,8 @@ def test_each_figure_is_declared_once_with_everything_about_it():
     stems = [e.stem for e in figures.REGISTRY]
     assert len(stems) == len(set(stems)), stems
     claims = {f"C{i}" for i in range(1, 13)}
-    sections = {"curves", "beyond-rules", "beyond-steps", "beyond-noise", "speed"}
+    sections = {"curves", "beyond-rules", "beyond-steps", "beyond-noise", "tuned", "critical-measured"}
+    sections.add("speed")
     for e in figures.REGISTRY:
         assert re.fullmatch(r"[a-z0-9_]+", e.stem) and e.category and e.title, e
         assert e.section in claims | sections, e
@@ -66,11 +68,16 @@ def test_each_figure_is_declared_once_with_everything_about_it():
         assert callable(getattr(figures, name)), name
     with pytest.raises(AttributeError):
         figures.no_such_figure  # noqa: B018
-    # Only the landscape figures depend on the grid: they need two batch sizes under one rule.
+    # Only the landscape figures and the tuned sweep's depend on the grid: the landscape needs two
+    # batch sizes under one rule, the tuned figures the rule 'tuned'.
+    from synthetic_study import with_tuned
+
     params = small_params()
-    assert [e.stem for e in figures.made(params)] == stems
+    assert [e.stem for e in figures.made(with_tuned(params))] == stems
+    assert set(stems) - {e.stem for e in figures.made(params)} == TUNED_FIGURES
     single = {**params, "grid": {**params["grid"], "lr_rules": ["none"], "batch_sizes": [32]}}
-    assert set(stems) - {e.stem for e in figures.made(single)} == {"c12_interpolation", "c12_contour"}
+    landscape = {"c12_interpolation", "c12_contour"}
+    assert set(stems) - {e.stem for e in figures.made(single)} == landscape | TUNED_FIGURES
 
 
 def notebook_source() -> str:
@@ -278,3 +285,61 @@ def test_the_timing_captions_name_the_thread_count_the_claims_use():
     pd.testing.assert_series_equal(aggregate.seconds_per_epoch(timing), single)
     text = caption("c9_time_to_min", {"runs": pd.DataFrame({"seed": [0, 1]})})
     assert f"seconds per epoch at {expected}" in text, text
+
+
+# --- the tuned-LR study's figures --------------------------------------------------------------
+
+
+def test_the_tuned_figures_are_drawn_from_a_sweep_and_say_so_without_one(tmp_path):
+    from synthetic_study import small_params, with_tuned, write_tables
+
+    params = with_tuned(small_params())
+    tables, _ = write_tables(tmp_path / "tuned", params, tuned=True)
+    outs = [
+        tmp_path / "figures" / f"{stem}{suffix}"
+        for stem in sorted(TUNED_FIGURES)
+        for suffix in (".png", ".rst")
+    ]
+    figures.write_figure_files(tables, params, outs)
+    for png in outs[::2]:
+        width, height = png_size(png.read_bytes())
+        assert width > 600 and height > 300, png.name
+    tuned_lr = pd.read_csv(tables / "tuned_lr.csv")
+    slope = tuned_lr["slope"].iloc[0]
+    from batchscale.report_html import fmt_number
+
+    assert (
+        f"interior optima, slope {fmt_number(slope)} [" in (tmp_path / "figures" / "tuned_lr.rst").read_text()
+    )
+    critical = pd.read_csv(tables / "critical_batch.csv").iloc[0]
+    text = (tmp_path / "figures" / "critical_batch_measured.rst").read_text()
+    assert f"B\\_noise = {critical['b_noise']:.3g}" in text and "The three estimates" in text
+    # No sweep: a short strip saying so, as for any figure without its measurements.
+    plain, _ = write_tables(tmp_path / "plain", small_params())
+    empty = tmp_path / "plain" / "tuned_lr.png"
+    figures.write_figure_files(plain, params, [empty])
+    assert png_size(empty.read_bytes())[1] < 200
+    assert "No tuned-LR sweep" in entry("tuned_lr").missing(figures.Tables(plain), params)
+
+
+def test_an_edge_optimum_is_drawn_as_a_bound_and_beyond_the_grid_as_an_arrow():
+    from batchscale import tuned_analysis
+    from batchscale.config import validate
+
+    from synthetic_study import TunedWorld
+
+    grid = [0.01 * 2**k for k in range(-2, 3)]  # at B=512 the best LR, 0.04 sqrt 2, is above it
+    world = TunedWorld(sizes=(32, 64, 128, 512), lrs=lambda b: grid)
+    params = validate({"stats": {"bootstrap": 100}})
+    done = tuned_analysis.analyse(world.sweep(), world.fixed_runs(), pd.DataFrame(), params)
+    assert done.per_batch["bound"].tolist()[-1] == "at least"
+    labels = legend_texts(figures.tuned_lr_vs_batch(done.per_batch, 32, 0.95).axes[0])
+    assert "largest LR tried: the best is at least this" in labels
+    assert any(label.startswith("fitted over 3 interior optima: slope") for label in labels), labels
+    beyond = done.critical.assign(critical_batch=float("inf"), ci_low=float("inf"), ci_high=float("inf"))
+    fig = figures.critical_batch_measured(done.per_batch, beyond, world.sweep())
+    assert any("measured critical batch: beyond the grid" in t.get_text() for t in fig.axes[0].texts)
+
+
+def legend_texts(ax) -> list[str]:
+    return [text.get_text() for text in ax.get_legend().get_texts()]

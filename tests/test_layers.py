@@ -21,10 +21,11 @@ LAYERS = [
     # training and measuring
     {"strategies", "engine", "timing", "probes", "probe_runs", "bench", "thread_layout"},
     # tables -> numbers
-    {"analysis", "aggregate", "stats", "tuning"},
-    {"claim_specs", "claims"},
+    {"analysis", "aggregate", "stats", "tuning", "tuned_resample", "tuned_analysis"},
+    {"claim_specs", "claim_results", "claims", "tuned_claims"},
     # presenting numbers: HTML pieces and text, matplotlib figures
-    {"report_html", "figures_style", "figures_claims", "figures_landscape", "figures_beyond"},
+    {"report_html", "report_tuned", "figures_style", "figures_claims", "figures_landscape", "figures_beyond",
+     "figures_tuned"},
     # the figure registry: each figure with its caption and its drawing
     {"figure_captions", "figures"},
     # rendering the report: papermill and nbconvert

@@ -440,7 +440,7 @@ def test_yaml_python_tags_are_refused(tmp_path, capsys):
 # `linear` at 3.2 x 32/128 = 0.8 (finite). Probes and timings are cut to the bone.
 DIVERGING = {
     "train": {"base_lr": 3.2, "base_batch_size": 128, "epochs": 4},
-    "grid": {"batch_sizes": [32]},
+    "grid": {"batch_sizes": [32], "lr_rules": ["none", "linear"]},  # the tiny study's tuned sweep aside
     "timing": {"repeats": 1},
     "probes": {"examples": 50, "noise_batch_size": 50, "hessian_iters": 3, "ascent_steps": 1,
                "slice_points": 3, "contour_points": 3, "interpolation_points": 3},

@@ -12,16 +12,16 @@ import pytest
 
 from batchscale import analysis, io, report, report_html
 
-from synthetic_study import NUM_TRAIN, WARMUP_EPOCHS, small_params, write_tables
+from synthetic_study import NUM_TRAIN, WARMUP_EPOCHS, small_params, with_tuned, write_tables
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "workflow" / "notebooks" / "report.ipynb"
 
 
-def render_fake(root: Path, probes: bool) -> dict:
-    params = small_params()
+def render_fake(root: Path, probes: bool, tuned: bool = False) -> dict:
+    params = with_tuned(small_params()) if tuned else small_params()
     # Without probes the tables are also old ones, from before steps to target were counted.
-    tables, claims_csv = write_tables(root, params, probes=probes, steps=probes)
+    tables, claims_csv = write_tables(root, params, probes=probes, steps=probes, tuned=tuned)
     info = {
         "num_classes": 10,
         "x_train_shape": [NUM_TRAIN, 40],
@@ -357,3 +357,33 @@ def test_a_diverged_run_is_not_counted_as_one_that_had_not_passed_its_minimum():
     assert table[["unpassed", "runs"]].values.tolist() == [[1, 2]]  # 1 of the 2 seeds that did not diverge
     note = diverged_note(runs)
     assert "none/B=32 seed 2 (epoch 4)" in note and "every claim's statistic" in note
+
+
+@pytest.fixture(scope="module")
+def rendered_tuned(tmp_path_factory) -> dict:
+    return render_fake(tmp_path_factory.mktemp("report-tuned"), probes=True, tuned=True)
+
+
+def test_the_tuned_sections_show_the_sweep_only_when_there_is_one(rendered, rendered_tuned):
+    page, tables = rendered_tuned["html"], rendered_tuned["tables"]
+    assert page.index('id="C12"') < page.index('id="tuned"') < page.index('id="critical-measured"')
+    assert page.index('id="critical-measured"') < page.index('id="beyond"')
+    tuned = section(page, "tuned")
+    assert images(tuned) == 1 and "Best LR per batch size" in tuned
+    tuned_lr = pd.read_csv(tables / "tuned_lr.csv")
+    assert f"grows as B<sup>{report_html.fmt_number(tuned_lr['slope'].iloc[0])}</sup>" in tuned
+    for row in tuned_lr.itertuples():  # the small table: every batch size with its LR and interval
+        lr = f"{report_html.fmt_number(row.lr)} {report_html.fmt_interval(row.lr_ci_low, row.lr_ci_high)}"
+        assert f"<th>{row.batch_size}</th>" in tuned and lr in tuned
+    decided = rendered_tuned["claims"]
+    for claim_id in ("C7-tuned", "C8-tuned"):  # in the table at the top and in the tuned section
+        top = page[page.index('id="claims"') : page.index('id="setup"')]
+        assert f'<a href="#{claim_id}">{claim_id}</a>' in top
+        assert f'<h3 id="{claim_id}">' in tuned and report_html.esc(decided.loc[claim_id, "summary"]) in tuned
+        assert f'<h2 id="{claim_id}">' not in page  # not again among C1-C12
+    measured = section(page, "critical-measured")
+    critical = pd.read_csv(tables / "critical_batch.csv").iloc[0]
+    assert images(measured) == 1 and "The three estimates" in measured
+    assert f"B = <b>{report_html.fmt_number(critical['critical_batch'])}</b>" in measured
+    plain = rendered["html"]
+    assert 'id="tuned"' not in plain and 'id="critical-measured"' not in plain and "C7-tuned" not in plain

@@ -14,7 +14,8 @@ from conftest import run
 pytestmark = pytest.mark.slow
 
 MEASURED = ["C1", "C2", "C3", "C4", "C6", "C7", "C8", "C9"]
-VERDICTS = {"reproduced", "not reproduced", "inconclusive", "not tested"}
+VERDICTS = {"reproduced", "not reproduced", "inconclusive", "not tested", "no gap detectable"}
+TUNED_CLAIMS = ["C7-tuned", "C8-tuned"]
 HISTORY_COLUMNS = {"rule", "batch_size", "seed", "epoch", "train_loss", "val_loss", "val_acc", "lr",
                    "epoch_seconds", "dist_from_init", "update_norm"}  # fmt: skip
 
@@ -25,15 +26,30 @@ def test_tiny_study_runs_end_to_end_and_is_then_up_to_date(tiny_study):
     html = (project / "reports/report.html").read_text()
     assert "C12" in html and "data:image/png;base64," in html
     claims = pd.read_csv(project / "reports/claims.csv")
-    assert list(claims["claim_id"]) == [f"C{i}" for i in range(1, 13)]
+    # The tiny study has the tuned rule: its two claims follow the article's twelve.
+    assert list(claims["claim_id"]) == [f"C{i}" for i in range(1, 13)] + TUNED_CLAIMS
     assert set(claims["verdict"]) <= VERDICTS
-    decided = claims.set_index("claim_id").loc[MEASURED]
+    decided = claims.set_index("claim_id").loc[MEASURED + TUNED_CLAIMS]
     assert (decided["verdict"] != "not tested").all(), decided["verdict"]
     history = pd.read_csv(project / "reports/tables/history.csv")
     assert HISTORY_COLUMNS <= set(history.columns)
     tiny = yaml.safe_load((project / "config/tiny.yaml").read_text())
-    cells = len(tiny["grid"]["batch_sizes"]) * 2
+    cells = len(tiny["grid"]["batch_sizes"]) * 2  # the fixed rules none and linear
     assert len(history) == cells * len(tiny["train"]["seeds"]) * (tiny["train"]["epochs"] + 1)
+    assert {"test_loss", "test_acc", "final_test_loss"} <= set(pd.read_csv(project / "reports/tables/runs.csv"))
+
+    # The tuned sweep: every (batch size, LR, seed), the shared runs included; its tables and sections.
+    sweep = pd.read_csv(project / "reports/tables/tuning.csv")
+    lrs = len(tiny["grid"]["tuning_factors"])
+    assert len(sweep) == len(tiny["grid"]["batch_sizes"]) * lrs * len(tiny["train"]["seeds"])
+    assert sweep["test_loss"].notna().all() and sorted(sweep["factor"].unique()) == tiny["grid"]["tuning_factors"]
+    tuned_lr = pd.read_csv(project / "reports/tables/tuned_lr.csv")
+    assert list(tuned_lr["batch_size"]) == tiny["grid"]["batch_sizes"]
+    assert len(pd.read_csv(project / "reports/tables/critical_batch.csv")) == 1
+    assert "Tuned learning rate" in html and "Critical batch size, measured" in html
+    jobs = pd.read_csv(project / "reports/tables/jobs.csv")
+    sweep_jobs = jobs[jobs["lr"].isna()]  # a sweep job names its LRs, not one
+    assert len(sweep_jobs) == 2 and (sweep_jobs["members"] == 2 * len(tiny["train"]["seeds"])).all()
 
     bench = pd.read_csv(project / "reports/tables/bench.csv")
     assert {"naive loop (DataLoader, torch.optim.SGD)", "engine, 1 member"} <= set(bench["variant"])

@@ -314,3 +314,58 @@ CLAIMS: dict[str, ClaimSpec] = registry(
 )  # fmt: skip
 
 CLAIM_TEXT = {claim_id: spec.text for claim_id, spec in CLAIMS.items()}
+
+
+@dataclass(frozen=True)
+class TunedSpec:
+    """A claim asked again with every batch size at its own tuned LR (`tuned_claims` decides
+    it from `tuned_analysis`): its id, text, statistic, expected value and written rule
+    ({conf}, {least}, {most}, {small} fill in the confidence, stats.min_seeds, MOST_OF_GAP and
+    SMALL_GAP)."""
+
+    claim_id: str
+    text: str
+    statistic: str
+    expected: str
+    rule: str
+
+
+SELECTION_AWARE = (
+    "{conf:.0%} selection-aware bootstrap CI over seeds: each resample draws seeds with replacement "
+    "and chooses every batch size's LR again on its median minimum validation loss, so the interval "
+    "carries the choice; at least {least} seeds must enter, else inconclusive."
+)
+ON_TEST = "judged on the test split at LRs chosen on the validation split (medians over seeds)"
+TUNED_CLAIMS: dict[str, TunedSpec] = {
+    spec.claim_id: spec
+    for spec in (
+        TunedSpec(
+            "C7-tuned",
+            "The linear scaling rule removes most of the gap between small and large batches, measured "
+            "against every batch size at its tuned LR.",
+            statistic="fraction of the tuned LR's improvement over the constant LR that the linear rule "
+            "achieves at the largest batch, (L_none - L_linear) / (L_none - L_tuned) in test loss; "
+            + ON_TEST,
+            expected=f"> {MOST_OF_GAP:g}",
+            rule=SELECTION_AWARE + " Reproduced if the CI lies wholly above {most:g}, not reproduced if "
+            "wholly below, else inconclusive; inconclusive also when the fraction is undefined (tuning does "
+            "not improve on the constant LR). When the largest batch's best LR lies on an edge of the LR "
+            "grid, a better LR may lie beyond it, so the fraction is at most the one measured: a CI wholly "
+            "above {most:g} is then inconclusive, one wholly below still not reproduced.",
+        ),
+        TunedSpec(
+            "C8-tuned",
+            "With the LR tuned at every batch size, a slight, small gap remains between the smallest and "
+            "largest batch.",
+            statistic="relative gap in test loss at the tuned LRs: largest / smallest batch - 1; " + ON_TEST,
+            expected=f"> 0 and < {SMALL_GAP:g}",
+            rule=SELECTION_AWARE + " Reproduced if the CI lies wholly within (0, {small:g}); not reproduced "
+            "if wholly above {small:g} or wholly below 0; no gap detectable (at most the CI's upper end) if "
+            "the CI holds 0 and its upper end is below {small:g}; else inconclusive. A best LR on an edge of "
+            "the LR grid makes that end's loss an upper bound: at the largest batch the gap is then at most "
+            "the one measured (only 'not reproduced' from below 0 and 'no gap detectable' stand), at the "
+            "smallest at least (only 'not reproduced' from above {small:g} stands), at both neither; any "
+            "other verdict becomes inconclusive.",
+        ),
+    )
+}

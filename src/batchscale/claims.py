@@ -3,20 +3,32 @@
 Nothing here fixes a verdict: every one comes out of `stats.sign_verdict` / `stats.combine`
 applied to a bootstrap interval over seeds (or timing repeats). A claim the grid cannot test is
 `not tested`; one with too few seeds or batch sizes is `inconclusive`. `decide` is the one path
-from a spec to a claims.csv row: `decide_trend` or `decide_gap`, then the spec's notes. The
-names imported `as` themselves from claim_specs are re-exported: callers import them from here.
+from a spec to a claims.csv row: `decide_trend` or `decide_gap`, then the spec's notes. With a
+tuned-LR sweep, `decide_all` appends C7-tuned and C8-tuned (`tuned_claims`). The names imported
+`as` themselves from claim_specs and claim_results are re-exported: callers import them from here.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pandas as pd
 
-from batchscale import analysis, stats
+from batchscale import analysis, stats, tuned_claims
+from batchscale.claim_results import COLUMNS as COLUMNS
+from batchscale.claim_results import MAX_PARTS as MAX_PARTS
+from batchscale.claim_results import NO_ESTIMATE as NO_ESTIMATE
+from batchscale.claim_results import PART_COLUMNS as PART_COLUMNS
+from batchscale.claim_results import PART_FIELDS as PART_FIELDS
+from batchscale.claim_results import ClaimResult as ClaimResult
+from batchscale.claim_results import PartResult as PartResult
+from batchscale.claim_results import Settings as Settings
+from batchscale.claim_results import fmt_estimate as _fmt
+from batchscale.claim_results import inconclusive_text as _inconclusive
+from batchscale.claim_results import record as _record
+from batchscale.claim_results import too_little as _too_little
 from batchscale.claim_specs import (
     ARTICLE_MIN_VAL_LOSS,
     CLAIMS,
@@ -38,18 +50,7 @@ from batchscale.claim_specs import SMALL_GAP as SMALL_GAP
 from batchscale.claim_specs import gap_closed as gap_closed
 from batchscale.claim_specs import relative_scaled_gap as relative_scaled_gap
 from batchscale.stats import Estimate
-
-# A claim resting on several statistics (C5, C9, C10) has, besides the first part's numbers in
-# observed/ci_low/ci_high/n_seeds, every part's in part<k>_* (k = 1, 2); part<k> names the part
-# (the metric's column in runs.csv, or the LR rule for C9) and `parts` says it in words.
-MAX_PARTS = 2
-PART_FIELDS = ("observed", "ci_low", "ci_high", "n_seeds", "verdict")
-PART_COLUMNS = [f"part{k}{suffix}" for k in range(1, MAX_PARTS + 1)
-                for suffix in ("", *(f"_{f}" for f in PART_FIELDS))]  # fmt: skip
-COLUMNS = [
-    "claim_id", "claim", "metric", "expected", "observed", "ci_low", "ci_high",
-    "n_seeds", "verdict", "rule", "article", "summary", "parts", "unit", *PART_COLUMNS,
-]  # fmt: skip
+from batchscale.tuned_analysis import TunedAnalysis
 
 TREND_RULE = (
     "Spearman's rho between batch size and the metric within each {one}, averaged over {unit}; "
@@ -66,73 +67,6 @@ def trend_rule(settings: Settings, side: str, unit: str = SEEDS) -> str:
     return TREND_RULE.format(
         one=one, unit=unit, conf=settings.confidence, side=side, diverged=diverged, least=settings.min_seeds
     )
-
-
-NO_ESTIMATE = Estimate(math.nan, math.nan, math.nan, 0)
-
-
-@dataclass
-class ClaimResult:
-    claim_id: str
-    claim: str
-    metric: str
-    expected: str
-    observed: float = math.nan
-    ci_low: float = math.nan
-    ci_high: float = math.nan
-    # How many units entered the statistic (seeds, or timing repeats: see `unit`).
-    n_seeds: int = 0
-    verdict: str = stats.NOT_TESTED
-    rule: str = ""
-    article: str = ""
-    summary: str = ""
-    # A claim resting on several statistics: each one's estimate and verdict in words
-    # ("a | b"); the observed/ci/n_seeds columns hold the first part only, and every part's
-    # numbers are in part<k>_* (see `row`).
-    parts: str = ""
-    unit: str = SEEDS
-    part_list: list[PartResult] = field(default_factory=list)
-
-    def row(self) -> dict:
-        """The claim as one row of claims.csv (COLUMNS)."""
-        row = {k: v for k, v in asdict(self).items() if k != "part_list"}
-        for k in range(1, MAX_PARTS + 1):
-            part = self.part_list[k - 1] if len(self.part_list) > 1 and k <= len(self.part_list) else None
-            row[f"part{k}"] = part.name if part else ""
-            est = part.est if part else NO_ESTIMATE
-            row.update({f"part{k}_observed": est.value, f"part{k}_ci_low": est.ci_low,
-                        f"part{k}_ci_high": est.ci_high, f"part{k}_n_seeds": est.n if part else None,
-                        f"part{k}_verdict": part.verdict if part else ""})  # fmt: skip
-        return row
-
-
-@dataclass
-class PartResult:
-    """One part of a claim (`claim_specs.Part`) as decided: its name (the metric's column in
-    runs.csv, or the LR rule), its estimate over `est.n` units and its own verdict."""
-
-    name: str
-    est: Estimate
-    verdict: str = stats.NOT_TESTED
-
-
-@dataclass(frozen=True)
-class Settings:
-    reps: int
-    confidence: float
-    seed: int
-    min_seeds: int
-
-    @classmethod
-    def from_params(cls, params: dict) -> Settings:
-        s = params["stats"]
-        return cls(s["bootstrap"], s["confidence"], s["seed"], s["min_seeds"])
-
-    def bootstrap(self, table: pd.DataFrame, statistic: Callable[[pd.DataFrame], float]) -> Estimate:
-        return stats.paired_bootstrap(table, statistic, self.reps, self.confidence, self.seed)
-
-    def trend(self, table: pd.DataFrame) -> Estimate:
-        return stats.rank_trend(table, self.reps, self.confidence, self.seed)
 
 
 def _pivot(runs: pd.DataFrame, rule: str, metric: str) -> pd.DataFrame:
@@ -164,22 +98,6 @@ def _timing_table(timing: pd.DataFrame, metric: str) -> pd.DataFrame | None:
     return stats.complete_rows(single.pivot(index="repeat", columns="batch_size", values=metric))
 
 
-def _fmt(est: Estimate) -> str:
-    return f"{est.value:.3g} [{est.ci_low:.3g}, {est.ci_high:.3g}]"
-
-
-def _too_little(
-    n_units: int, n_batches: int, settings: Settings, unit: str = SEEDS, min_batches: int = 2
-) -> str | None:
-    """Why `n_units` resampled units (those that enter the statistic) over `n_batches` batch
-    sizes are too few for a verdict; None when they suffice."""
-    if n_batches < min_batches:
-        return f"needs at least {min_batches} batch sizes with a measured value, has {n_batches}"
-    if n_units < settings.min_seeds:
-        return f"needs at least {settings.min_seeds} {unit} entering the statistic, has {n_units}"
-    return None
-
-
 def _trend_verdict(
     table: pd.DataFrame, sign: int, settings: Settings, unit: str = SEEDS
 ) -> tuple[Estimate, str, str | None]:
@@ -189,15 +107,6 @@ def _trend_verdict(
     est = settings.trend(table)
     problem = _too_little(est.n, table.shape[1], settings, unit)
     return est, stats.INCONCLUSIVE if problem else stats.sign_verdict(est, sign), problem
-
-
-def _record(result: ClaimResult, est: Estimate) -> None:
-    result.observed, result.ci_low, result.ci_high = est.value, est.ci_low, est.ci_high
-    result.n_seeds = est.n
-
-
-def _inconclusive(problem: str | None) -> str:
-    return f" Inconclusive: {problem}." if problem else ""
 
 
 def _trend_tables(
@@ -388,10 +297,15 @@ def speedup_claim(timing: pd.DataFrame, settings: Settings) -> ClaimResult:
     return decide(CLAIMS["C11"], pd.DataFrame(), timing, settings)
 
 
-def decide_all(runs: pd.DataFrame, timing: pd.DataFrame, params: dict) -> pd.DataFrame:
-    """Every claim in `CLAIMS` with its statistic, interval and verdict, in claim order."""
+def decide_all(
+    runs: pd.DataFrame, timing: pd.DataFrame, params: dict, tuned: TunedAnalysis | None = None
+) -> pd.DataFrame:
+    """Every claim in `CLAIMS` with its statistic, interval and verdict, in claim order; with a
+    tuned sweep (`tuned_analysis.analyse`, None without one) C7-tuned and C8-tuned after them."""
     settings = Settings.from_params(params)
     rows = [decide(spec, runs, timing, settings).row() for spec in CLAIMS.values()]
+    if tuned is not None:
+        rows += tuned_claims.decide_tuned(tuned, settings, params["train"]["base_batch_size"])
     table = pd.DataFrame(rows, columns=COLUMNS)
     return table.astype({f"part{k}_n_seeds": "Int64" for k in range(1, MAX_PARTS + 1)})
 

@@ -35,7 +35,8 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
     params = load_params(args.params)
     info = data.prepare(params["data"], Path(args.out))
-    print(f"wrote {args.out}: {info['x_train_shape'][0]} train / {info['x_val_shape'][0]} val examples")
+    sizes = (info[f"x_{split}_shape"][0] for split in ("train", "val", "test"))
+    print("wrote {}: {} train / {} val / {} test examples".format(args.out, *sizes))
 
 
 def peak_memory_mb(device) -> dict:
@@ -56,10 +57,11 @@ def _set_threads(threads: int) -> None:
     torch.set_num_threads(max(1, threads))
 
 
-def run_identity(params: dict, data_sha: str, lr: float, batch_size: int, warmup_epochs: int) -> str:
+def run_identity(params: dict, data_sha: str, lrs: list[float], batch_size: int, warmup_epochs: int) -> str:
     """Hash of everything that determines a run's numbers (device, ensemble strategy and
     timings aside: they change float rounding, not the maths)."""
     train = {k: v for k, v in params["train"].items() if k not in ("device", "ensemble")}
+    lr = lrs[0] if len(lrs) == 1 else list(lrs)
     key = {"data": data_sha, "model": params["model"], "train": train, "lr": lr, "batch_size": batch_size}
     if warmup_epochs:
         key["warmup_epochs"] = warmup_epochs
@@ -83,8 +85,10 @@ def cmd_train(args: argparse.Namespace) -> None:
     summary = {
         "identity": identity,
         "batch_size": args.batch_size,
-        "lr": args.lr,
-        "seeds": spec.seeds,
+        # One LR: the run's; several (a job of the tuned sweep): every seed trained at each.
+        "lr": args.lr[0] if len(args.lr) == 1 else None,
+        "lrs": args.lr,
+        "seeds": list(params["train"]["seeds"]),
         "device": str(device),
         "ensemble": ensemble.strategy,
         "threads": args.threads,
@@ -94,21 +98,26 @@ def cmd_train(args: argparse.Namespace) -> None:
         "params": {k: params[k] for k in ("data", "model", "train")},
         "versions": provenance.software_versions(),
     }
-    _write_run(out, state, spec, summary)
+    _write_run(out, state, spec, summary, ensemble.test_rows(state))
 
 
 def _train_spec(args: argparse.Namespace, train: dict, num_train: int):
-    """The ensemble job `batchscale train` was asked for, its options checked."""
+    """The ensemble job `batchscale train` was asked for, its options checked: every seed at
+    every LR given (members ordered LR by LR)."""
     from batchscale import engine
 
     if args.batch_size > num_train:
         raise ConfigError(f"--batch-size: {args.batch_size} exceeds the training set ({num_train})")
-    if not (math.isfinite(args.lr) and args.lr > 0):
-        raise ConfigError(f"--lr: must be a positive finite number, got {args.lr}")
+    for lr in args.lr:
+        if not (math.isfinite(lr) and lr > 0):
+            raise ConfigError(f"--lr: must be a positive finite number, got {lr}")
+    if len(set(args.lr)) < len(args.lr):
+        raise ConfigError(f"--lr: the same learning rate twice ({' '.join(map(repr, args.lr))})")
+    seeds = list(train["seeds"])
     return engine.TrainSpec(
         batch_size=args.batch_size,
-        seeds=list(train["seeds"]),
-        lrs=[args.lr] * len(train["seeds"]),
+        seeds=[seed for _ in args.lr for seed in seeds],
+        lrs=[lr for lr in args.lr for _ in seeds],
         epochs=train["epochs"],
         momentum=train["momentum"],
         weight_decay=train["weight_decay"],
@@ -118,9 +127,9 @@ def _train_spec(args: argparse.Namespace, train: dict, num_train: int):
     )
 
 
-def _write_run(out: Path, state, spec, summary: dict) -> None:
-    """A finished run's folder: weights, summary, and history.csv last (it is what marks the run
-    complete for anyone reading the folder); the checkpoint goes."""
+def _write_run(out: Path, state, spec, summary: dict, test_rows: list[dict]) -> None:
+    """A finished run's folder: weights, test losses, summary, and history.csv last (it is what
+    marks the run complete for anyone reading the folder); the checkpoint goes."""
     import pandas as pd
 
     from batchscale.io import save_torch_atomic, write_csv_atomic, write_json_atomic
@@ -129,9 +138,10 @@ def _write_run(out: Path, state, spec, summary: dict) -> None:
     history.insert(0, "batch_size", spec.batch_size)
     save_torch_atomic(
         out / "weights.pt",
-        {"seeds": spec.seeds, "final": state.params, "best": state.best, "init": state.init,
+        {"seeds": spec.seeds, "lrs": spec.lrs, "final": state.params, "best": state.best, "init": state.init,
          "best_epoch": state.best_epoch.cpu(), "buffers": state.buffers},
     )  # fmt: skip
+    write_csv_atomic(out / "test.csv", pd.DataFrame(test_rows))
     write_json_atomic(out / "summary.json", summary)
     write_csv_atomic(out / "history.csv", history)
     (out / "checkpoint.pt").unlink(missing_ok=True)
@@ -267,30 +277,37 @@ def _thread_layouts(params: dict, dataset, device, torch_threads: int):
 
 def cmd_aggregate(args: argparse.Namespace) -> None:
     from batchscale.aggregate import aggregate
-    from batchscale.config import cells, expected_train_size
+    from batchscale.config import cells, expected_train_size, tuned_cells
+    from batchscale.scaling import scaled_lr
 
     params = load_params(args.params)
     landscape = Path(args.landscape_dir) if args.landscape_dir else None
+    train = params["train"]
     aggregate(
         cells(params),
         [Path(f) for f in args.timing],
         Path(args.out_dir),
         landscape_dir=landscape,
         num_train=expected_train_size(params["data"]),
+        sweep=tuned_cells(params),
+        linear_lr=lambda b: scaled_lr("linear", train["base_lr"], train["base_batch_size"], b),
     )
 
 
 def cmd_claims(args: argparse.Namespace) -> None:
     import pandas as pd
 
-    from batchscale import claims
+    from batchscale import claims, tuned_analysis
     from batchscale.io import write_csv_atomic, write_json_atomic
 
     params = load_params(args.params)
     tables = Path(args.tables)
     runs = pd.read_csv(tables / "runs.csv")
     timing = pd.read_csv(tables / "timing.csv")
-    decided = claims.decide_all(runs, timing, params)
+    # The tuned sweep (tuning.csv, with noise.csv): its two tables, header only without one.
+    tuned = tuned_analysis.from_tables(tables, runs, params)
+    tuned_analysis.write_tables(tuned, tables)
+    decided = claims.decide_all(runs, timing, params, tuned)
     comparison = claims.article_comparison(runs, claims.Settings.from_params(params))
     write_csv_atomic(tables / "article_comparison.csv", comparison)
     write_json_atomic(Path(args.metrics), claims.headline_metrics(decided, runs))
@@ -340,12 +357,17 @@ def _training_commands(add) -> None:
     """train, time, bench: training, epoch timings, the speed benchmark."""
     p = add("train", cmd_train, "Train all seeds at one batch size and learning rate as one ensemble.")
     p.add_argument("--batch-size", type=int, required=True, help="examples per step")
-    p.add_argument("--lr", type=float, required=True, help="peak learning rate (the grid's rules decide it)")
+    p.add_argument(
+        "--lr", type=float, nargs="+", required=True,
+        help="peak learning rate (the grid's rules decide it); several: every seed trains at each (the tuned sweep)",
+    )  # fmt: skip
     p.add_argument(
         "--warmup-epochs", type=int, default=0, help="ramp the LR up from train.base_lr over this many epochs"
     )
     p.add_argument("--data", required=True, help="prepared .npz data file")
-    p.add_argument("--out-dir", required=True, help="run folder: history.csv, summary.json, weights.pt")
+    p.add_argument(
+        "--out-dir", required=True, help="run folder: history.csv, summary.json, weights.pt, test.csv"
+    )
     p.add_argument("--threads", type=int, default=1, help="CPU threads for torch (default 1)")
 
     p = add("time", cmd_time, "Time training epochs at each batch size, at 1 thread and at --threads.")
@@ -396,11 +418,19 @@ def _table_commands(add) -> None:
     p.add_argument("--timing", nargs="*", default=[], help="timing CSVs from `batchscale time`")
     p.add_argument("--landscape-dir", help="folder written by `batchscale landscape`, if it ran")
     p.add_argument(
-        "--out-dir", required=True, help="folder for history.csv, runs.csv, timing.csv, curves.csv"
-    )
+        "--out-dir", required=True,
+        help="folder for history.csv, runs.csv, timing.csv, curves.csv, tuning.csv (the tuned sweep) ...",
+    )  # fmt: skip
 
-    p = add("claims", cmd_claims, "Decide every claim from the tables; write claims.csv and metrics.json.")
-    p.add_argument("--tables", required=True, help="folder written by `batchscale aggregate`")
+    p = add(
+        "claims", cmd_claims,
+        "Decide every claim from the tables; write claims.csv and metrics.json (and, in the tables "
+        "folder, article_comparison.csv and the tuned rule's tuned_lr.csv and critical_batch.csv).",
+    )  # fmt: skip
+    p.add_argument(
+        "--tables", required=True,
+        help="folder written by `batchscale aggregate` (runs, timing, tuning and noise tables)",
+    )  # fmt: skip
     p.add_argument("--out", required=True, help="claims CSV, e.g. reports/claims.csv")
     p.add_argument("--metrics", required=True, help="metrics JSON, e.g. reports/metrics.json")
     p.add_argument(

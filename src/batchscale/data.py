@@ -119,7 +119,7 @@ def fingerprint(arrays: dict[str, np.ndarray]) -> str:
 
 def prepare(data_params: dict, out_path: Path) -> dict:
     """Write the data set to `out_path` (.npz) and its description beside it (.json)."""
-    arrays = make_arrays(data_params)
+    arrays = with_test_split(make_arrays(data_params))
     check_arrays(arrays, str(out_path))
     out_path.parent.mkdir(parents=True, exist_ok=True)
     write_npz_deterministic(out_path, arrays)
@@ -140,6 +140,7 @@ def write_npz_deterministic(path: Path, arrays: dict[str, np.ndarray]) -> None:
     a different file (and a different DVC hash); a fixed timestamp makes the bytes a pure
     function of the data.
     """
+    arrays = with_test_split(arrays)
     with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as archive:
         for key in ARRAYS:
             info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))

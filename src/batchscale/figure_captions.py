@@ -12,6 +12,7 @@ import pandas as pd
 
 from batchscale import analysis
 from batchscale import report_html as rp
+from batchscale import report_tuned as rtuned
 
 
 class TableSource(Protocol):
@@ -253,3 +254,54 @@ def steps_note(tables: TableSource, params: dict) -> str:
             "<code>batchscale aggregate</code> with the training-set size), so there is nothing to plot",
         )
     return f'<div class="bs-note">No run reached the target. {rp.target_caption(runs)}</div>'
+
+
+# --- the tuned-LR study (tuned_lr.csv, critical_batch.csv) ------------------------------------
+
+
+def tuned_lr(tables: TableSource, params: dict) -> str:
+    table, confidence = tables["tuned_lr"], params["stats"]["confidence"]
+    row = table.iloc[0]
+    fitted = (
+        f"solid: the line fitted over the {int(row['slope_points'])} interior optima, slope "
+        f"{rp.fmt_estimate(row['slope'], row['slope_ci_low'], row['slope_ci_high'])}."
+        if has(table, "slope")
+        else "no fitted line: fewer than two optima lie inside the grid."
+    )
+    return (
+        "Left: the best LR at each batch size, the one of the LRs tried (grey dashes) with the lowest "
+        f"median minimum validation loss over seeds, with its {confidence:.0%} selection-aware CI (the LR "
+        "chosen again in every bootstrap resample of the seeds), log-log. A hollow triangle is an optimum "
+        "on an edge of the grid, a bound: pointing up, the largest LR tried won and the best LR is at least "
+        "that; down, at most. Dashed: the linear rule's prediction (slope 1), dotted: the square-root rule's "
+        f"(slope 1/2), both through the best LR at B={params['train']['base_batch_size']}; {fitted} "
+        "Right: the test loss at each batch size's tuned LR (median over seeds, at each run's "
+        "minimum-validation-loss weights; the LR is chosen on validation, judged on the test split) with its "
+        "CI, beside the constant-LR and linear rules' test losses at the same weights (medians)."
+    )
+
+
+def critical_measured(tables: TableSource, params: dict) -> str:
+    critical = tables["critical_batch"].iloc[0]
+    excess = f"{critical['threshold']:.0%}"
+    fit = (
+        f" (S_min = {rtuned.fmt_size(critical['s_min'])}, B_noise = {rtuned.fmt_size(critical['b_noise'])})"
+        if has(tables["critical_batch"], "b_noise")
+        else " (not fitted: too few batch sizes reached the target)"
+    )
+    simple = (
+        f"the noise probe's B_simple = {rtuned.fmt_size(critical['b_simple'])} (dotted)"
+        if has(tables["critical_batch"], "b_simple")
+        else "no B_simple (the noise probe did not run)"
+    )
+    measured = rp.fmt_estimate(critical["critical_batch"], critical["ci_low"], critical["ci_high"])
+    return (
+        "Optimizer steps until the validation loss first reaches the target at each batch size's tuned "
+        "LR: points, the seeds; line, their median (a run that never reached the target counts as "
+        "infinitely many steps), log-log. Dashed: perfect scaling from the smallest batch size, "
+        f"B={int(critical['smallest_batch'])}; dash-dotted: {excess} above it; grey: McCandlish et al.'s "
+        f"S_min (1 + B_noise / B) fitted to the medians{fit}. Vertical lines: the measured critical batch "
+        f"size, the first batch size whose median lies above the {excess} line, {measured} (shaded: its "
+        f"{params['stats']['confidence']:.0%} selection-aware CI; &infin;: beyond the grid), the fitted "
+        f"B_noise (dashed) and {simple}. " + rtuned.agreement_sentence(critical)
+    )

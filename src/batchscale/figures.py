@@ -11,8 +11,8 @@ instead), and whether the workflow makes it for the parameters at all. The workf
 report notebook shows each section's entries (`in_section`). Adding a figure is one entry
 here, its drawing function and its caption.
 
-The drawing functions live in figures_claims, figures_landscape and figures_beyond (their
-shared style in figures_style) and read as attributes of this module too
+The drawing functions live in figures_claims, figures_landscape, figures_beyond and
+figures_tuned (their shared style in figures_style) and read as attributes of this module too
 (`figures.learning_curves`). They are imported on first use: the workflow reads the registry
 to plan its jobs, and that should not load matplotlib.
 """
@@ -24,11 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pandas as pd
 
 from batchscale import analysis, config
 from batchscale import figure_captions as cap
 from batchscale import report_html as rp
+from batchscale import report_tuned as rtuned
 from batchscale.io import read_table
 
 if TYPE_CHECKING:
@@ -38,9 +40,9 @@ if TYPE_CHECKING:
 def __getattr__(name: str):
     """The drawing functions and their helpers by name (`figures.learning_curves`,
     `figures.png_bytes`), imported when first asked for."""
-    from batchscale import figures_beyond, figures_claims, figures_landscape, figures_style
+    from batchscale import figures_beyond, figures_claims, figures_landscape, figures_style, figures_tuned
 
-    for module in (figures_style, figures_claims, figures_landscape, figures_beyond):
+    for module in (figures_style, figures_claims, figures_landscape, figures_beyond, figures_tuned):
         if not name.startswith("__") and hasattr(module, name):
             return getattr(module, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -142,6 +144,40 @@ def _draw_steps(tables: Tables, params: dict) -> Figure:
 
 def _landscape_pair_exists(params: dict) -> bool:
     return config.landscape_pair(params) is not None
+
+
+def _tuned_in_grid(params: dict) -> bool:
+    return "tuned" in params.get("grid", {}).get("lr_rules", ())
+
+
+def _no_sweep(tables: Tables, params: dict) -> str | None:
+    if rtuned.has_tuned(tables["tuned_lr"]):
+        return None
+    return "No tuned-LR sweep in tuning.csv (or every tuned run diverged): nothing to plot."
+
+
+def _no_tuned_steps(tables: Tables, params: dict) -> str | None:
+    if _no_sweep(tables, params) or tables["critical_batch"].empty:
+        return _no_sweep(tables, params) or "No critical batch size in critical_batch.csv: nothing to plot."
+    steps = pd.to_numeric(tables["tuned_lr"]["steps_to_target"], errors="coerce")
+    if not np.isfinite(steps.to_numpy(dtype=float)).any():  # inf: never reached
+        return "No tuned run reached the target validation loss (or steps were not counted)."
+    return None
+
+
+def _tried_lrs(tables: Tables) -> pd.DataFrame | None:
+    sweep = tables["tuning"]
+    return sweep[["batch_size", "lr"]].drop_duplicates() if {"batch_size", "lr"} <= set(sweep) else None
+
+
+def _draw_tuned_lr(tables: Tables, params: dict) -> Figure:
+    base, confidence = params["train"]["base_batch_size"], params["stats"]["confidence"]
+    return __getattr__("tuned_lr_vs_batch")(tables["tuned_lr"], base, confidence, _tried_lrs(tables))
+
+
+def _draw_critical_measured(tables: Tables, params: dict) -> Figure:
+    sweep = tables["tuning"] if "steps_to_target" in tables["tuning"] else None
+    return __getattr__("critical_batch_measured")(tables["tuned_lr"], tables["critical_batch"], sweep)
 
 
 # --- the registry ----------------------------------------------------------------------------
@@ -259,6 +295,16 @@ REGISTRY: tuple[FigureEntry, ...] = (
         note=cap.not_run("gradient noise-scale measurements", "noise.csv",
                  "is empty: the noise-scale probe did not run for these tables, so there is nothing to plot "
                  "and no critical batch size to predict"),
+    ),
+    FigureEntry(
+        "tuned_lr", "tuned", "Tuned learning rate", "best LR and test loss vs batch size",
+        _draw_tuned_lr, cap.tuned_lr, missing=_no_sweep, made=_tuned_in_grid,
+    ),
+    FigureEntry(
+        "critical_batch_measured", "critical-measured", "Tuned learning rate",
+        "critical batch size measured from steps to target",
+        _draw_critical_measured, cap.critical_measured, missing=_no_tuned_steps, made=_tuned_in_grid,
+        note=lambda tables, params: f'<div class="bs-note">{_no_tuned_steps(tables, params)}</div>',
     ),
     FigureEntry(
         "bench", "speed", "Speed", "naive loop vs the ensemble engine",

@@ -32,6 +32,7 @@ VERDICT_COLOURS = {
     "not reproduced": ("#b71c1c", "#ffcdd2"),
     "inconclusive": ("#7a4f00", "#ffe082"),
     "not tested": ("#424242", "#e0e0e0"),
+    "no gap detectable": ("#01579b", "#b3e5fc"),
 }
 
 STYLE = """
@@ -261,8 +262,9 @@ def diverged_note(runs: pd.DataFrame) -> str:
     )
 
 
-def claim_header(claim: pd.Series, confidence: float) -> str:
-    """A claim section's heading, verdict with its rule, statistic and summary sentence."""
+def claim_header(claim: pd.Series, confidence: float, level: int = 2) -> str:
+    """A claim section's heading (<h`level`>: 3 inside another section), verdict with its rule,
+    statistic and summary sentence."""
     expected = "" if is_missing(claim["expected"]) else f" (expected: {esc(claim['expected'])})"
     estimate = esc(fmt_estimate(claim["observed"], claim["ci_low"], claim["ci_high"]))
     unit = claim.get("unit", "seeds")
@@ -280,7 +282,8 @@ def claim_header(claim: pd.Series, confidence: float) -> str:
         pairs.append(("article", esc(claim["article"])))
     pairs.append(("summary", esc(claim["summary"])))
     claim_id = esc(claim["claim_id"])
-    return f'<h2 id="{claim_id}">{claim_id}. {esc(claim["claim"])}</h2>' + key_values(pairs)
+    heading = f'<h{level} id="{claim_id}">{claim_id}. {esc(claim["claim"])}</h{level}>'
+    return heading + key_values(pairs)
 
 
 def comparison_table(comparison: pd.DataFrame, confidence: float) -> str:

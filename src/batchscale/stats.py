@@ -19,7 +19,11 @@ REPRODUCED = "reproduced"
 NOT_REPRODUCED = "not reproduced"
 INCONCLUSIVE = "inconclusive"
 NOT_TESTED = "not tested"
-VERDICTS = (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE, NOT_TESTED)
+# An equivalence answer (C8-tuned): the interval holds 0 and its upper end lies below the claim's
+# bound for "small", so whatever gap there is, is at most that end. A failure to detect a gap
+# with a tight interval says how small it is; `inconclusive` would throw that answer away.
+NO_GAP = "no gap detectable"
+VERDICTS = (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE, NOT_TESTED, NO_GAP)
 
 
 @dataclass(frozen=True)

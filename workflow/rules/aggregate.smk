@@ -39,6 +39,9 @@ rule claims:
     input:
         runs=rules.aggregate.output.runs,
         timing=rules.aggregate.output.timing,
+        # The tuned sweep (no rows without the tuned rule) and the noise scale's prediction.
+        tuning=rules.aggregate.output.tuning,
+        noise=rules.aggregate.output.noise,
     output:
         claims=report(
             "reports/claims.csv", caption="../report/claims.rst", category="Report"
@@ -46,12 +49,16 @@ rule claims:
         metrics="reports/metrics.json",
         comparison="reports/tables/article_comparison.csv",
         study=f"{RESULTS}/claims.csv",
+        # The tuned rule's analysis: header only without a sweep, so the outputs are the same
+        # whatever the grid.
+        tuned_lr="reports/tables/tuned_lr.csv",
+        critical_batch="reports/tables/critical_batch.csv",
     log:
         "logs/claims.log",
     conda:
         ENV
     params:
-        sections=sections_json("grid", "data", "stats"),
+        sections=sections_json("grid", "data", "stats", "train"),
         tables=subpath(input.runs, parent=True),
     shell:
         "batchscale claims --params {params.sections:q} --tables {params.tables}"

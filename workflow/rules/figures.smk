@@ -13,6 +13,8 @@ rule figures:
     input:
         tables=rules.aggregate.output,
         comparison=rules.claims.output.comparison,
+        tuned_lr=rules.claims.output.tuned_lr,
+        critical_batch=rules.claims.output.critical_batch,
         bench=rules.bench.output,
     output:
         [

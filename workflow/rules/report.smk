@@ -4,6 +4,8 @@ rule report:
         notebook="workflow/notebooks/report.ipynb",
         claims=rules.claims.output.claims,
         comparison=rules.claims.output.comparison,
+        tuned_lr=rules.claims.output.tuned_lr,
+        critical_batch=rules.claims.output.critical_batch,
         tables=rules.aggregate.output,
         prepared_info=rules.prepare_data.output.info,
         bench=rules.bench.output,
