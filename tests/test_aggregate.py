@@ -143,18 +143,21 @@ def test_the_tuning_table_reads_each_lr_of_a_sweep_job_and_of_a_shared_run(tmp_p
         history = _sweep_history(lrs, [0, 1], lambda lr, seed: [v + 0.01 * seed for v in losses[lr]])
         history.to_csv(folder / "history.csv", index=False)
         tests = pd.DataFrame([{"seed": s, "lr": lr, "weights": w, "test_loss": 10 * lr + s + (w == "final"),
-                               "test_acc": 0.5} for lr in lrs for s in (0, 1) for w in ("best", "final")])  # fmt: skip
+                               "test_acc": 0.5}
+                              for lr in lrs for s in (0, 1) for w in ("best", "final")])  # fmt: skip
         tests.to_csv(folder / "test.csv", index=False)
     table = aggregate.tuning_table(sweep, tmp_path, linear_lr=lambda b: 0.01 * b / 32, num_train=640)
     assert list(table.columns) == aggregate.TUNING_COLUMNS
     assert len(table) == 6 and list(table["factor"].unique()) == [0.25, 1.0, 2.0]
     row = table.set_index(["lr", "seed"])
     assert row.loc[(0.005, 1), "min_val_loss"] == pytest.approx(1.51)
-    assert row.loc[(0.02, 0), "test_loss"] == pytest.approx(0.2) and row.loc[(0.02, 0), "final_test_loss"] == 1.2
+    assert row.loc[(0.02, 0), "test_loss"] == pytest.approx(0.2)
+    assert row.loc[(0.02, 0), "final_test_loss"] == 1.2
     assert row.loc[(0.02, 0), "best_epoch"] == 2
     # LR 0.02 is the best median minimum (1.005): target 1.005 x 1.05, first reached at epoch 2.
     assert table["target_val_loss"].iloc[0] == pytest.approx(1.005 * 1.05)
-    assert row.loc[(0.02, 0), "steps_to_target"] == 2 * 10 and np.isnan(row.loc[(0.005, 0), "steps_to_target"])
+    assert row.loc[(0.02, 0), "steps_to_target"] == 2 * 10
+    assert np.isnan(row.loc[(0.005, 0), "steps_to_target"])
     # 0.04 diverged at epoch 2: no minimum, no test loss; what identifies it stays.
     assert row.loc[(0.04, 0), ["min_val_loss", "test_loss", "best_epoch"]].isna().all()
     assert (row.loc[(0.04, 0), "diverged_epoch"], row.loc[(0.04, 0), "factor"]) == (2, 2.0)

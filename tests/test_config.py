@@ -10,13 +10,13 @@ from batchscale.config import (
     ConfigError,
     cells,
     load,
-    tuned_cells,
-    tuning_lrs,
     parse_run_key,
     prepared_path,
     probe_dirs,
     run_dirs,
     study_dir,
+    tuned_cells,
+    tuning_lrs,
     validate,
 )
 
@@ -189,5 +189,6 @@ def test_the_tuned_rule_on_a_users_data_set_without_a_test_split_is_refused(tmp_
     tuned = {"data": {"name": "npz", "path": str(own)}, "grid": {"batch_sizes": [16], "lr_rules": ["tuned"]}}
     with pytest.raises(ConfigError, match=r"^grid.lr_rules: the tuned rule is judged on a test split"):
         validate(tuned)
-    np.savez(own, **random_arrays(n_train=64), x_test=np.ones((8, 12), np.float32), y_test=np.zeros(8, np.int64))
+    test_split = {"x_test": np.ones((8, 12), np.float32), "y_test": np.zeros(8, np.int64)}
+    np.savez(own, **random_arrays(n_train=64), **test_split)
     assert validate(tuned)["grid"]["lr_rules"] == ["tuned"]

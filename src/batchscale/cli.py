@@ -359,7 +359,8 @@ def _training_commands(add) -> None:
     p.add_argument("--batch-size", type=int, required=True, help="examples per step")
     p.add_argument(
         "--lr", type=float, nargs="+", required=True,
-        help="peak learning rate (the grid's rules decide it); several: every seed trains at each (the tuned sweep)",
+        help="peak learning rate (the grid's rules decide it); several: every seed trains at each "
+        "(the tuned sweep)",
     )  # fmt: skip
     p.add_argument(
         "--warmup-epochs", type=int, default=0, help="ramp the LR up from train.base_lr over this many epochs"

@@ -11,9 +11,9 @@ import json
 import math
 import re
 from dataclasses import dataclass
-from typing import NamedTuple
 from importlib import resources
 from pathlib import Path
+from typing import NamedTuple
 
 import jsonschema
 import yaml
@@ -303,7 +303,9 @@ def tuned_cells(params: dict) -> list[Cell]:
     out = []
     for bs in sorted(params["grid"]["batch_sizes"]):
         trained = [cell.lr for cell in fixed if cell.batch_size == bs]
-        lrs = [next((t for t in trained if math.isclose(t, lr, rel_tol=1e-9)), lr) for lr in tuning_lrs(params, bs)]
+        # An LR equal to a fixed rule's up to rounding is that run's LR, exactly.
+        lrs = [next((t for t in trained if math.isclose(t, lr, rel_tol=1e-9)), lr)
+               for lr in tuning_lrs(params, bs)]  # fmt: skip
         new = tuple(lr for lr in lrs if lr not in trained)
         for lr in lrs:
             job = new if lr in new and len(new) > 1 else ()

@@ -185,8 +185,8 @@ def with_test_split(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     if all(key in arrays for key in TEST_ARRAYS):
         return arrays
     x = arrays["x_train"]
-    empty = {"x_test": np.zeros((0, *x.shape[1:]), dtype=x.dtype), "y_test": np.zeros(0, arrays["y_train"].dtype)}
-    return {**arrays, **empty}
+    y = arrays["y_train"]
+    return {**arrays, "x_test": np.zeros((0, *x.shape[1:]), dtype=x.dtype), "y_test": np.zeros(0, y.dtype)}
 
 
 def has_test_split(arrays: dict[str, np.ndarray]) -> bool:

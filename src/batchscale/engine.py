@@ -346,8 +346,9 @@ class Ensemble:
         epoch early stopping on validation would keep) and at its final weights; NaN without a
         test split. Nothing during training looks at the test split."""
         if self.data.has_test_split:
+            x, y = self.data.x_test, self.data.y_test
             measured = {
-                which: self.evaluate(dataclasses.replace(state, params=params), self.data.x_test, self.data.y_test)
+                which: self.evaluate(dataclasses.replace(state, params=params), x, y)
                 for which, params in (("best", state.best), ("final", state.params))
             }
             host = {which: (loss.tolist(), acc.tolist()) for which, (loss, acc) in measured.items()}
