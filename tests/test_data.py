@@ -128,3 +128,18 @@ def test_a_users_file_without_a_test_split_reads_with_an_empty_one(tmp_path):
     assert not loaded.has_test_split
     path = write(tmp_path, x_test=np.ones((8, 12), np.float32), y_test=np.zeros(8, np.int64))
     assert data.has_test_split(data.read_npz(path)) and data.load(path).has_test_split
+
+
+def test_the_default_data_file_is_small_enough_for_snakemake_to_checksum(tmp_path):
+    """DVC's prepare stage regenerates the prepared data (byte-identical, newer); Snakemake then
+    reruns nothing only because it compares the checksum of inputs up to its limit (1 MB) before
+    their dates. Over the limit, `dvc repro` after `snakemake` would retrain the whole study."""
+    from snakemake.settings.types import DAGSettings
+
+    from batchscale.config import load
+
+    from conftest import ROOT
+
+    path = tmp_path / "default.npz"
+    data.prepare(load([str(ROOT / "params.yaml")])["data"], path)
+    assert path.stat().st_size < DAGSettings().max_checksum_file_size
