@@ -217,12 +217,17 @@ def run_summaries(history: pd.DataFrame, seconds_per_epoch: pd.Series) -> pd.Dat
     return leave_out_diverged(pd.DataFrame(rows))
 
 
+def rows_of_cell(frame: pd.DataFrame, cell: Cell) -> pd.DataFrame:
+    """A sweep cell's rows of its job's table: a job of several LRs trained every seed at each,
+    and a member's rows carry its LR; the LR is set to the cell's own, exactly."""
+    if cell.job_lrs:
+        frame = frame[np.isclose(frame["lr"], cell.lr, rtol=1e-9, atol=0)]
+    return frame.assign(lr=cell.lr)
+
+
 def sweep_cell_history(cell: Cell, root: Path) -> pd.DataFrame:
     """A cell of the tuned sweep's history, from the rows of its LR in its job's history.csv."""
-    history = pd.read_csv(root / cell.run_dir / "history.csv")
-    if cell.job_lrs:  # the job trained every seed at each of its LRs; a member's rows carry its LR
-        history = history[np.isclose(history["lr"], cell.lr, rtol=1e-9, atol=0)]
-    return _labelled(history, cell).assign(lr=cell.lr)
+    return _labelled(rows_of_cell(pd.read_csv(root / cell.run_dir / "history.csv"), cell), cell)
 
 
 def tuning_table(sweep: list[Cell], root: Path, linear_lr, num_train: int | None) -> pd.DataFrame:
@@ -261,9 +266,7 @@ def read_sweep_tests(cell: Cell, root: Path) -> pd.DataFrame:
     path = root / cell.run_dir / "test.csv"
     if not path.exists():
         return pd.DataFrame(columns=["seed", "lr", "weights", "test_loss", "test_acc"])
-    tests = pd.read_csv(path)
-    tests = tests[np.isclose(tests["lr"], cell.lr, rtol=1e-9, atol=0)]
-    return tests.assign(lr=cell.lr, batch_size=cell.batch_size)
+    return rows_of_cell(pd.read_csv(path), cell).assign(batch_size=cell.batch_size)
 
 
 def target_val_loss(runs: pd.DataFrame) -> float:
