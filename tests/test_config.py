@@ -96,9 +96,9 @@ def test_warmup_runs_have_their_own_key_except_at_the_base_batch_size():
     keys = {(c.rule, c.batch_size): c.run_key for c in cells(params)}
     assert keys[("linear_warmup", 32)] == keys[("none", 32)] == "bs32_lr0.01"
     assert keys[("linear_warmup", 64)] == "bs64_lr0.02_wu5"
-    assert parse_run_key("bs64_lr0.02_wu5") == (64, (0.02,), 5)
-    assert parse_run_key("bs32_lr1e-05") == (32, (1e-05,), 0)
-    assert parse_run_key("bs64_lr0.005_0.01_1e-05") == (64, (0.005, 0.01, 1e-05), 0)
+    assert parse_run_key("bs64_lr0.02_wu5") == (64, (0.02,), 5, False)
+    assert parse_run_key("bs32_lr1e-05") == (32, (1e-05,), 0, False)
+    assert parse_run_key("bs64_lr0.005_0.01_1e-05") == (64, (0.005, 0.01, 1e-05), 0, False)
     with pytest.raises(ConfigError, match="run key"):
         parse_run_key("bs32_lrfast")
 
@@ -192,3 +192,44 @@ def test_the_tuned_rule_on_a_users_data_set_without_a_test_split_is_refused(tmp_
     test_split = {"x_test": np.ones((8, 12), np.float32), "y_test": np.zeros(8, np.int64)}
     np.savez(own, **random_arrays(n_train=64), **test_split)
     assert validate(tuned)["grid"]["lr_rules"] == ["tuned"]
+
+
+def test_each_optimizer_but_the_articles_sgd_names_its_study_folder():
+    assert study_dir(validate({})) == "results/mnist1d-mlp"
+    assert study_dir(validate({"train": {"optimizer": "adam"}})) == "results/mnist1d-mlp-adam"
+    assert study_dir(validate({"train": {"optimizer": "adamw"}})) == "results/mnist1d-mlp-adamw"
+
+
+def test_malladis_rule_shares_the_base_batch_run_and_has_its_own_runs_elsewhere():
+    params = validate({
+        "train": {"optimizer": "adam", "base_lr": 0.001},
+        "grid": {"batch_sizes": [32, 128], "lr_rules": ["sqrt", "malladi"]},
+    })  # fmt: skip
+    keys = {(c.rule, c.batch_size): c.run_key for c in cells(params)}
+    assert keys[("sqrt", 32)] == keys[("malladi", 32)] == "bs32_lr0.001"
+    assert keys[("sqrt", 128)] == "bs128_lr0.002" and keys[("malladi", 128)] == "bs128_lr0.002_malladi"
+    assert parse_run_key("bs128_lr0.002_malladi") == (128, (0.002,), 0, True)
+    assert parse_run_key("bs128_lr0.002").malladi is False
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            {"train": {}, "grid": {"lr_rules": ["none", "malladi"]}},
+            "grid.lr_rules: malladi is a rule for adam and adamw",
+        ),
+        (
+            {"train": {"optimizer": "adam"}, "grid": {"lr_rules": ["malladi"], "batch_sizes": [32, 512]}},
+            "grid.lr_rules: malladi at batch size 512",
+        ),
+        ({"train": {"optimizer": "rmsprop"}}, "train.optimizer"),
+        ({"train": {"optimizer": "adam", "betas": [0.9, 1.0]}}, "train.betas.1"),
+        ({"train": {"optimizer": "adam", "betas": [0.9]}}, "train.betas"),
+        ({"train": {"optimizer": "adam", "eps": 0}}, "train.eps"),
+    ],
+)
+def test_a_rule_or_setting_the_optimizer_cannot_take_is_refused_in_one_line(override, message):
+    with pytest.raises(ConfigError) as caught:
+        validate(override)
+    assert str(caught.value).startswith(message) and "\n" not in str(caught.value)

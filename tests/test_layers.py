@@ -17,15 +17,15 @@ LAYERS = [
     # foundations: no knowledge of training
     {"__init__", "errors", "io", "scaling", "progress", "allocator", "devices", "provenance", "cluster"},
     # what is trained on and what is trained
-    {"data", "packed", "models", "config"},
+    {"data", "packed", "model_factory", "models", "config"},
     # training and measuring
-    {"strategies", "engine", "timing", "probes", "probe_runs", "bench", "thread_layout"},
+    {"optimizers", "strategies", "engine", "timing", "probes", "probe_runs", "bench", "thread_layout"},
     # tables -> numbers
     {"analysis", "aggregate", "stats", "tuning", "tuned_resample", "tuned_analysis"},
     {"claim_specs", "claim_results", "claims", "tuned_claims"},
     # presenting numbers: HTML pieces and text, matplotlib figures
-    {"report_html", "report_tuned", "figures_style", "figures_claims", "figures_landscape", "figures_beyond",
-     "figures_tuned"},
+    {"report_html", "report_studies", "report_tuned", "figures_style", "figures_claims", "figures_landscape",
+     "figures_beyond", "figures_tuned"},
     # the figure registry: each figure with its caption and its drawing
     {"figure_captions", "figures"},
     # rendering the report: papermill and nbconvert

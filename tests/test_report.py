@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from batchscale import analysis, io, report, report_html
+from batchscale import analysis, io, report, report_html, report_studies
 
 from synthetic_study import NUM_TRAIN, WARMUP_EPOCHS, small_params, with_tuned, write_tables
 
@@ -273,10 +273,13 @@ def test_lr_grid_marks_the_warmup_cells():
 
 
 def test_claims_of_every_study_are_set_side_by_side(tmp_path):
-    """Two studies' claims.csv (results/<data>-<model>/): one column each, this report's first,
-    each cell the study's own verdict and statistic."""
+    """Three studies' claims.csv (results/<data>-<model>[-<optimizer>]/): one column each, this
+    report's first, headed data set x model x optimizer, each cell the study's own verdict and statistic."""
     paths = []
-    studies = {"mnist1d-cnn1d": ("reproduced", 0.9), "mnist-cnn2d": ("not reproduced", -0.4)}
+    studies = {
+        "mnist1d-cnn1d": ("reproduced", 0.9), "mnist-cnn2d": ("not reproduced", -0.4),
+        "mnist1d-cnn1d-adam": ("inconclusive", 0.2),
+    }  # fmt: skip
     for study, (verdict, observed) in studies.items():
         path = tmp_path / study / "claims.csv"
         path.parent.mkdir()
@@ -286,17 +289,19 @@ def test_claims_of_every_study_are_set_side_by_side(tmp_path):
         )  # fmt: skip
         claims_table.to_csv(path, index=False)
         paths.append(path)
-    studies = report_html.read_studies(paths)
-    table = report_html.studies_table(studies, current="mnist-cnn2d")
+    studies = report_studies.read_studies(paths)
+    table = report_studies.studies_table(studies, current="mnist-cnn2d")
     header = table[: table.index("</tr>")]
-    assert header.index("mnist-cnn2d (this report)") < header.index("mnist1d-cnn1d")
+    assert header.index("mnist &times; cnn2d &times; sgd (this report)") < header.index(
+        "mnist1d &times; cnn1d &times; sgd"
+    ) < header.index("mnist1d &times; cnn1d &times; adam")
     c1 = re.search(r'<tr><td><a href="#C1">C1</a></td>(.*?)</tr>', table).group(1)
     cells = re.findall(r"<td>(.*?)</td>", c1)
     assert "not reproduced" in cells[0] and "-0.4" in cells[0]
     assert ">reproduced<" in cells[1] and "0.9" in cells[1]
-    assert "mnist1d-cnn1d" in report_html.studies_note(studies, "mnist-cnn2d")
+    assert "mnist1d &times; cnn1d &times; adam" in report_studies.studies_note(studies, "mnist-cnn2d")
     alone = studies[studies["study"] == "mnist-cnn2d"]
-    assert "Only this study" in report_html.studies_note(alone, "mnist-cnn2d")
+    assert "Only this study" in report_studies.studies_note(alone, "mnist-cnn2d")
 
 
 def test_empty_settings_are_left_out_of_the_setup_lists():
@@ -387,3 +392,29 @@ def test_the_tuned_sections_show_the_sweep_only_when_there_is_one(rendered, rend
     assert f"B = <b>{report_html.fmt_number(critical['critical_batch'])}</b>" in measured
     plain = rendered["html"]
     assert 'id="tuned"' not in plain and 'id="critical-measured"' not in plain and "C7-tuned" not in plain
+
+
+def test_which_rule_closes_the_gap_leaves_diverged_seeds_out_of_its_number_and_says_so():
+    """Relative gap in min val loss, largest / smallest batch - 1, per rule: none +50%, linear
+    exactly 0 with one seed diverged at B=256 (left out of the number, and the sentence says so)."""
+    from batchscale import analysis
+
+    rows = []
+    for seed in range(4):
+        rows += [
+            {"rule": "none", "batch_size": 32, "seed": seed, "min_val_loss": 0.2 + 0.01 * seed},
+            {"rule": "none", "batch_size": 256, "seed": seed, "min_val_loss": 1.5 * (0.2 + 0.01 * seed)},
+            {"rule": "linear", "batch_size": 32, "seed": seed, "min_val_loss": 0.2 + 0.01 * seed},
+            {"rule": "linear", "batch_size": 256, "seed": seed,
+             "min_val_loss": float("nan") if seed == 3 else 0.2 + 0.01 * seed},
+        ]  # fmt: skip
+    gaps = analysis.rule_gaps(pd.DataFrame(rows), reps=200, confidence=0.95, seed=0)
+    assert [g.rule for g in gaps] == ["none", "linear"]
+    none, linear = gaps
+    assert none.value == pytest.approx(0.5) and not none.closed and none.left_out == 0
+    assert linear.value == pytest.approx(0.0) and linear.closed
+    assert (linear.seeds, linear.left_out) == (3, 1)
+    sentence = report_html.rule_gaps_sentence(gaps)
+    assert "none +50.0%" in sentence and "linear +0.0%" in sentence
+    assert "(3 seeds, 1 diverged seed(s) left out)" in sentence and "closed" in sentence
+    assert sentence.endswith("under linear.</p>")

@@ -153,3 +153,53 @@ def landscape_batch_sizes(contour: pd.DataFrame, runs: pd.DataFrame) -> tuple[in
         source = runs[runs["rule"] == "none"]
         source = source if len(source) else runs
     return int(source["batch_size"].min()), int(source["batch_size"].max())
+
+
+# A rule "closes the gap" when the remaining relative gap between the largest and the smallest
+# batch is small: its CI wholly within +-SMALL_GAP, C8's bound for "small" (claim_specs.SMALL_GAP).
+CLOSED_GAP = 0.10
+
+
+@dataclass(frozen=True)
+class RuleGap:
+    """One rule's relative gap in minimum validation loss, largest / smallest batch - 1 (means
+    over the seeds finite at both), with its paired bootstrap CI over seeds."""
+
+    rule: str
+    small: int
+    large: int
+    value: float
+    ci_low: float
+    ci_high: float
+    seeds: int  # seeds the gap rests on: those not diverged at either batch size
+    left_out: int  # seeds left out because a run of theirs diverged
+
+    @property
+    def closed(self) -> bool:
+        return -CLOSED_GAP < self.ci_low and self.ci_high < CLOSED_GAP
+
+
+def rule_gaps(runs: pd.DataFrame, reps: int, confidence: float, seed: int) -> list[RuleGap]:
+    """Every rule's gap between the smallest and the largest batch size of the grid, in the
+    order of scaling.RULES: which rule closes the small-vs-large-batch gap."""
+    from batchscale import stats
+
+    small, large = int(runs["batch_size"].min()), int(runs["batch_size"].max())
+    gaps = []
+    from batchscale.scaling import RULES
+
+    present = set(runs["rule"])
+    for rule in [r for r in RULES if r in present] + sorted(present - set(RULES)):
+        cells = runs[(runs["rule"] == rule) & runs["batch_size"].isin([small, large])]
+        table = cells.pivot(index="seed", columns="batch_size", values="min_val_loss")
+        if table.shape[1] < 2:
+            continue
+        complete = stats.complete_rows(table)
+        if len(complete) < 2:
+            continue
+        estimate = stats.paired_bootstrap(
+            complete, lambda t: float(t[large].mean() / t[small].mean() - 1), reps, confidence, seed
+        )
+        gaps.append(RuleGap(rule, small, large, estimate.value, estimate.ci_low, estimate.ci_high,
+                            len(complete), len(table) - len(complete)))  # fmt: skip
+    return gaps

@@ -57,14 +57,22 @@ def _set_threads(threads: int) -> None:
     torch.set_num_threads(max(1, threads))
 
 
-def run_identity(params: dict, data_sha: str, lrs: list[float], batch_size: int, warmup_epochs: int) -> str:
+def run_identity(
+    params: dict, data_sha: str, lrs: list[float], batch_size: int, warmup_epochs: int, malladi: bool = False
+) -> str:
     """Hash of everything that determines a run's numbers (device, ensemble strategy and
-    timings aside: they change float rounding, not the maths)."""
+    timings aside: they change float rounding, not the maths). A user's own model counts with
+    its file's SHA-256: a checkpoint of the model before an edit is never resumed."""
+    from batchscale.model_factory import identity
+
     train = {k: v for k, v in params["train"].items() if k not in ("device", "ensemble")}
     lr = lrs[0] if len(lrs) == 1 else list(lrs)
-    key = {"data": data_sha, "model": params["model"], "train": train, "lr": lr, "batch_size": batch_size}
+    model = identity(params["model"])
+    key = {"data": data_sha, "model": model, "train": train, "lr": lr, "batch_size": batch_size}
     if warmup_epochs:
         key["warmup_epochs"] = warmup_epochs
+    if malladi:
+        key["malladi"] = True
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -78,7 +86,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     device = engine.resolve_device(params["train"]["device"])
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    identity = run_identity(params, dataset.sha256, args.lr, args.batch_size, args.warmup_epochs)
+    identity = run_identity(
+        params, dataset.sha256, args.lr, args.batch_size, args.warmup_epochs, args.malladi
+    )
     ensemble = engine.Ensemble(params["model"], dataset, spec, device)
     started = time.perf_counter()
     state = engine.train(ensemble, checkpoint=out / "checkpoint.pt", identity=identity)
@@ -88,6 +98,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         # One LR: the run's; several (a job of the tuned sweep): every seed trained at each.
         "lr": args.lr[0] if len(args.lr) == 1 else None,
         "lrs": args.lr,
+        "optimizer": {"name": spec.optimizer, "betas": list(spec.betas), "eps": spec.eps},
         "seeds": list(params["train"]["seeds"]),
         "device": str(device),
         "ensemble": ensemble.strategy,
@@ -98,7 +109,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         "params": {k: params[k] for k in ("data", "model", "train")},
         "versions": provenance.software_versions(),
     }
-    _write_run(out, state, spec, summary, ensemble.test_rows(state))
+    buffers = {"final": state.buffers, "best": state.best_buffers, "init": ensemble.initial_buffers}
+    _write_run(out, state, spec, summary, ensemble.test_rows(state), buffers)
 
 
 def _train_spec(args: argparse.Namespace, train: dict, num_train: int):
@@ -119,17 +131,32 @@ def _train_spec(args: argparse.Namespace, train: dict, num_train: int):
         seeds=[seed for _ in args.lr for seed in seeds],
         lrs=[lr for lr in args.lr for _ in seeds],
         epochs=train["epochs"],
-        momentum=train["momentum"],
-        weight_decay=train["weight_decay"],
         warmup_epochs=args.warmup_epochs,
         warmup_start_lr=train["base_lr"],
         strategy=train["ensemble"],
+        **optimizer_settings(train, args.batch_size, args.malladi),
     )
 
 
-def _write_run(out: Path, state, spec, summary: dict, test_rows: list[dict]) -> None:
+def optimizer_settings(train: dict, batch_size: int, malladi: bool = False) -> dict:
+    """The TrainSpec fields of `train.optimizer`; with `malladi`, Adam's betas and eps as
+    Malladi et al.'s rule sets them at `batch_size` (the LR it sets comes as --lr)."""
+    from batchscale.scaling import malladi_betas_eps
+
+    betas, eps = tuple(train["betas"]), train["eps"]
+    if malladi:
+        betas, eps = malladi_betas_eps(betas, eps, train["base_batch_size"], batch_size)
+    return {
+        "optimizer": train["optimizer"], "momentum": train["momentum"], "nesterov": train["nesterov"],
+        "betas": betas, "eps": eps, "weight_decay": train["weight_decay"],
+    }  # fmt: skip
+
+
+def _write_run(out: Path, state, spec, summary: dict, test_rows: list[dict], buffers: dict) -> None:
     """A finished run's folder: weights, test losses, summary, and history.csv last (it is what
-    marks the run complete for anyone reading the folder); the checkpoint goes."""
+    marks the run complete for anyone reading the folder); the checkpoint goes. `buffers` holds
+    each weight set's own buffers (BatchNorm's running statistics at the final, best, initial
+    weights; empty dicts for a model without)."""
     import pandas as pd
 
     from batchscale.io import save_torch_atomic, write_csv_atomic, write_json_atomic
@@ -139,7 +166,7 @@ def _write_run(out: Path, state, spec, summary: dict, test_rows: list[dict]) -> 
     save_torch_atomic(
         out / "weights.pt",
         {"seeds": spec.seeds, "lrs": spec.lrs, "final": state.params, "best": state.best, "init": state.init,
-         "best_epoch": state.best_epoch.cpu(), "buffers": state.buffers},
+         "best_epoch": state.best_epoch.cpu(), "buffers": buffers},
     )  # fmt: skip
     write_csv_atomic(out / "test.csv", pd.DataFrame(test_rows))
     write_json_atomic(out / "summary.json", summary)
@@ -164,7 +191,7 @@ def cmd_time(args: argparse.Namespace) -> None:
     for batch_size, threads in cells:
         spec = engine.TrainSpec(
             batch_size=batch_size, seeds=[train["seeds"][0]], lrs=[train["base_lr"]],
-            epochs=1, momentum=train["momentum"], weight_decay=train["weight_decay"],
+            epochs=1, **optimizer_settings(train, batch_size),
         )  # fmt: skip
         timers[batch_size, threads] = timing.EpochTimer(
             engine.Ensemble(params["model"], dataset, spec, device)
@@ -365,6 +392,10 @@ def _training_commands(add) -> None:
     p.add_argument(
         "--warmup-epochs", type=int, default=0, help="ramp the LR up from train.base_lr over this many epochs"
     )
+    p.add_argument(
+        "--malladi", action="store_true",
+        help="Adam's betas and eps scaled to the batch size by Malladi et al.'s rule (grid.lr_rules malladi)",
+    )  # fmt: skip
     p.add_argument("--data", required=True, help="prepared .npz data file")
     p.add_argument(
         "--out-dir", required=True, help="run folder: history.csv, summary.json, weights.pt, test.csv"
@@ -437,7 +468,7 @@ def _table_commands(add) -> None:
     p.add_argument(
         "--study-out",
         help="a second copy of the claims CSV kept with the study's results (results/<data>-<model>/"
-        "claims.csv), so the report can say which claims hold on which data set",
+        "claims.csv), so the report can say which claims hold in which study",
     )
 
     p = add("report", cmd_report, "Execute the report notebook with papermill and export it to HTML.")

@@ -18,7 +18,7 @@ from typing import NamedTuple
 import jsonschema
 import yaml
 
-from batchscale.scaling import scaled_lr
+from batchscale.scaling import RULE_OPTIMIZERS, malladi_betas_eps, scaled_lr
 
 SCHEMA_FILE = "params.schema.yaml"
 
@@ -119,6 +119,24 @@ def input_features(data: dict) -> int:
     return INPUT_FEATURES[data["name"]]
 
 
+# One example of each data set as the model receives it (x_train.shape[1:]), and its classes.
+INPUT_SHAPES = {"mnist1d": (40,), "mnist": (28, 28), "digits": (64,)}
+BUILT_IN_CLASSES = 10
+
+
+def input_shape(data: dict) -> tuple[int, ...]:
+    if data["name"] == "npz":
+        return tuple(int(n) for n in user_arrays(data)["x_train"].shape[1:])
+    return INPUT_SHAPES[data["name"]]
+
+
+def num_classes(data: dict) -> int:
+    """Classes the model's logits cover: as data.load counts them, from the training labels."""
+    if data["name"] == "npz":
+        return int(user_arrays(data)["y_train"].max()) + 1
+    return BUILT_IN_CLASSES
+
+
 def expected_train_size(data: dict) -> int:
     """Size of the training split the data step will produce (known before any job runs)."""
     if data["name"] == "npz":
@@ -150,6 +168,34 @@ def check_noise_batch(probes: dict, data: dict | None) -> None:
         )
 
 
+def check_model_factory(params: dict, given: set[str]) -> None:
+    """A factory only with model.name custom; with it, the user's model is built and run on two
+    examples of the data's shape (model_factory.check), and packed only if it has a packed form."""
+    model = params["model"]
+    if model["name"] != "custom":
+        for key in ("factory", "kwargs"):
+            if model[key]:
+                raise ConfigError(
+                    f"model.{key}: set to {model[key]!r}, but model.name is {model['name']!r}: only "
+                    "model.name custom uses model.factory and its kwargs"
+                )
+        return
+    from batchscale import model_factory
+
+    try:
+        model_factory.parse(model["factory"])
+        if "data" not in given:
+            return
+        built = model_factory.check(model, input_shape(params["data"]), num_classes(params["data"]))
+    except model_factory.FactoryError as exc:
+        raise ConfigError(str(exc)) from None
+    if "train" in given and params["train"]["ensemble"] == "packed" and not hasattr(built, "forward_packed"):
+        raise ConfigError(
+            "train.ensemble: packed needs a model with a packed form (forward_packed), and the model of "
+            "model.factory has none (use auto, vmap or loop)"
+        )
+
+
 def check_consistency(params: dict, given: set[str]) -> None:
     """Cross-field rules the schema cannot express, on the sections that were given.
 
@@ -168,10 +214,14 @@ def check_consistency(params: dict, given: set[str]) -> None:
                 f"model.name: cnn2d needs square images, but data.name {params['data']['name']!r} "
                 f"gives sequences of {features} values (use mlp or cnn1d)"
             )
+    if "model" in given:
+        check_model_factory(params, given)
     if "probes" in given:
         check_noise_batch(params["probes"], params["data"] if "data" in given else None)
     if "grid" not in given:
         return
+    if "train" in given:
+        check_rules_fit_optimizer(params["grid"], train)
     check_tuning(params["grid"], params["data"] if "data" in given else None)
     num_train = expected_train_size(params["data"])
     for batch_size in params["grid"]["batch_sizes"]:
@@ -182,6 +232,24 @@ def check_consistency(params: dict, given: set[str]) -> None:
 
 
 TUNED = "tuned"
+
+
+def check_rules_fit_optimizer(grid: dict, train: dict) -> None:
+    """A rule written for some optimizers only is refused for the others; Malladi's rule must
+    give a valid beta (1 - beta scaled by B / base_batch_size stays at most 1) at every batch size."""
+    for rule in grid["lr_rules"]:
+        fits = RULE_OPTIMIZERS.get(rule)
+        if fits and train["optimizer"] not in fits:
+            raise ConfigError(
+                f"grid.lr_rules: {rule} is a rule for {' and '.join(fits)} (it scales their betas and eps), "
+                f"and train.optimizer is {train['optimizer']} (use sqrt or linear)"
+            )
+    if "malladi" in grid["lr_rules"]:
+        for batch_size in grid["batch_sizes"]:
+            try:
+                malladi_betas_eps(train["betas"], train["eps"], train["base_batch_size"], batch_size)
+            except ValueError as exc:
+                raise ConfigError(f"grid.lr_rules: {exc} (train.betas {train['betas']})") from None
 
 
 def check_tuning(grid: dict, data: dict | None) -> None:
@@ -233,13 +301,15 @@ class Cell:
     warmup_epochs: int = 0
     study_dir: str = "results"
     job_lrs: tuple[float, ...] = ()  # the LRs its job trains, when more than its own
+    malladi: bool = False  # Adam's betas and eps scaled by Malladi et al.'s rule (not at the base batch)
 
     @property
     def run_key(self) -> str:
         """Names the training run; repr(lr) round-trips the float exactly."""
         warmup = f"_wu{self.warmup_epochs}" if self.warmup_epochs else ""
         lrs = "_".join(repr(lr) for lr in (self.job_lrs or (self.lr,)))
-        return f"bs{self.batch_size}_lr{lrs}{warmup}"
+        malladi = "_malladi" if self.malladi else ""
+        return f"bs{self.batch_size}_lr{lrs}{warmup}{malladi}"
 
     @property
     def run_dir(self) -> str:
@@ -251,13 +321,17 @@ class Cell:
 
 
 def study_name(params: dict) -> str:
-    """Names the study by what its runs are trained on and with: data set and model.
+    """Names the study by what its runs are trained on and with: data set, model, optimizer.
 
-    Every study keeps its results in its own folder, `results/<data>-<model>/`, so that
-    running another data set or model next to the default loses nothing, and the report can
-    say which claims hold on which data set. (dvc.yaml builds the same name from params.yaml.)
+    Every study keeps its results in its own folder, `results/<data>-<model>[-<optimizer>]/`,
+    so that running another data set, model or optimizer next to the default loses nothing,
+    and the report can say which claims hold in which study. Momentum SGD, the article's
+    optimizer, goes unnamed: the studies run before optimizers were a choice keep their folder
+    and their results (docs/decisions.md, "Optimizers").
     """
-    return f"{params['data']['name']}-{params['model']['name']}"
+    optimizer = params["train"]["optimizer"]
+    suffix = "" if optimizer == "sgd" else f"-{optimizer}"
+    return f"{params['data']['name']}-{params['model']['name']}{suffix}"
 
 
 def study_dir(params: dict) -> str:
@@ -277,7 +351,9 @@ def cells(params: dict) -> list[Cell]:
             lr = scaled_lr(rule, train["base_lr"], train["base_batch_size"], bs)
             # A ramp from the base LR to itself is no warm-up: that run is shared with `none`.
             warmup = train["warmup_epochs"] if rule == "linear_warmup" and lr != train["base_lr"] else 0
-            out.append(Cell(rule, bs, lr, warmup, root))
+            # At the base batch size Malladi's rule changes nothing: that run is shared too.
+            malladi = rule == "malladi" and bs != train["base_batch_size"]
+            out.append(Cell(rule, bs, lr, warmup, root, malladi=malladi))
     return out
 
 
@@ -299,7 +375,7 @@ def tuned_cells(params: dict) -> list[Cell]:
     if TUNED not in params["grid"]["lr_rules"]:
         return []
     root = study_dir(params)
-    fixed = [cell for cell in cells(params) if not cell.warmup_epochs]
+    fixed = [cell for cell in cells(params) if not (cell.warmup_epochs or cell.malladi)]
     out = []
     for bs in sorted(params["grid"]["batch_sizes"]):
         trained = [cell.lr for cell in fixed if cell.batch_size == bs]
@@ -317,7 +393,9 @@ def tuned_cells(params: dict) -> list[Cell]:
 # wildcard constraint (which wraps it in a group named after the wildcard). A job of the tuned
 # sweep names all its LRs: bs64_lr0.005_0.01_0.04.
 _LR = r"[0-9][0-9.e+-]*?"
-RUN_KEY = re.compile(rf"bs(?P<batch_size>\d+)_lr(?P<lrs>{_LR}(?:_{_LR})*)(?:_wu(?P<warmup>\d+))?")
+RUN_KEY = re.compile(
+    rf"bs(?P<batch_size>\d+)_lr(?P<lrs>{_LR}(?:_{_LR})*)(?:_wu(?P<warmup>\d+))?(?P<malladi>_malladi)?"
+)
 RUN_KEY_PATTERN = re.sub(r"\(\?P<\w+>", "(?:", RUN_KEY.pattern)
 
 
@@ -325,15 +403,19 @@ class RunKey(NamedTuple):
     batch_size: int
     lrs: tuple[float, ...]
     warmup_epochs: int
+    malladi: bool = False
 
 
 def parse_run_key(key: str) -> RunKey:
-    """(batch size, learning rates, warm-up epochs) from a run key such as bs64_lr0.02_wu5."""
+    """(batch size, learning rates, warm-up epochs, Malladi's betas) from a run key such as
+    bs64_lr0.02_wu5 or bs256_lr0.028_malladi."""
     match = RUN_KEY.fullmatch(key)
     if match is None:
-        raise ConfigError(f"run key {key!r} is not of the form bs<B>_lr<LR>[_<LR>...][_wu<epochs>]")
+        raise ConfigError(
+            f"run key {key!r} is not of the form bs<B>_lr<LR>[_<LR>...][_wu<epochs>][_malladi]"
+        )
     lrs = tuple(float(lr) for lr in match["lrs"].split("_"))
-    return RunKey(int(match["batch_size"]), lrs, int(match["warmup"] or 0))
+    return RunKey(int(match["batch_size"]), lrs, int(match["warmup"] or 0), bool(match["malladi"]))
 
 
 def run_dirs(params: dict) -> list[str]:

@@ -5,7 +5,8 @@ over members (strategies.py; `resolve_strategy` picks, the maths is the same). E
 initial weights (drawn with `torch.manual_seed(seed)`), its own shuffling generator (seeded
 with the same seed) and its own learning rate; the step is momentum SGD written out
 explicitly, so member k is the same computation as a plain single-model run with
-`torch.optim.SGD` and seed k (tests/test_engine.py checks this). Data sit on the device as
+`torch.optim.SGD` and seed k (tests/test_engine.py checks this); Adam and AdamW likewise
+(optimizers.py, tests/test_optimizers.py). Data sit on the device as
 tensors and a batch is an index gather, not a DataLoader.
 """
 
@@ -23,7 +24,7 @@ import torch
 from torch import nn
 from torch.func import grad, stack_module_state, vmap
 
-from batchscale import packed
+from batchscale import optimizers, packed
 from batchscale.data import Dataset
 from batchscale.devices import resolve_device, synchronize
 from batchscale.io import load_torch, save_torch_atomic
@@ -32,7 +33,10 @@ from batchscale.progress import EpochProgress
 from batchscale.scaling import warmup_fraction
 from batchscale.strategies import (
     STRATEGIES,
+    MemberRandomness,
     can_pack,
+    generator_state,
+    is_random,
     make_strategy,
     member_loss,
     resolve_strategy,
@@ -42,7 +46,7 @@ from batchscale.strategies import (
 # Importable from here as before: the CLI, the bench and the tests name them as engine's.
 __all__ = ["STRATEGIES", "can_pack", "resolve_device", "resolve_strategy", "widest_activation"]
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: the optimizer's buffers by name (Adam's two moments)
 # Examples whose per-example gradient norms mean_example_grad_norm averages (the batch's first).
 COMPETITION_SAMPLE = 16
 EVAL_CHUNK = 8192  # examples per forward pass when evaluating, to bound memory
@@ -65,6 +69,16 @@ class TrainSpec:
     warmup_epochs: int = 0
     warmup_start_lr: float = 0.0  # the ramp starts here (Goyal et al.: the base LR)
     strategy: str = "auto"  # packed | vmap | loop | auto (resolve_strategy)
+    optimizer: str = "sgd"  # sgd | adam | adamw (optimizers.py)
+    nesterov: bool = False
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+
+    @property
+    def optimizer_spec(self) -> optimizers.OptimizerSpec:
+        return optimizers.OptimizerSpec(
+            self.optimizer, self.momentum, self.nesterov, tuple(self.betas), self.eps, self.weight_decay
+        )
 
     def steps_per_epoch(self, num_train: int) -> int:
         return math.ceil(num_train / self.batch_size)
@@ -77,7 +91,7 @@ class EnsembleState:
     epoch: int
     params: dict[str, torch.Tensor]
     buffers: dict[str, torch.Tensor]
-    momentum: dict[str, torch.Tensor]
+    optimizer: dict[str, dict[str, torch.Tensor]]  # the optimizer's buffers, by name then parameter
     init: dict[str, torch.Tensor]
     best: dict[str, torch.Tensor]
     best_val: torch.Tensor
@@ -85,6 +99,9 @@ class EnsembleState:
     diverged_epoch: torch.Tensor
     generator_states: list[torch.Tensor]
     history: list[dict] = field(default_factory=list)
+    best_buffers: dict[str, torch.Tensor] = field(default_factory=dict)  # BatchNorm's, at the best epoch
+    # Each member's train-mode random stream (Dropout's masks); empty for a model without one.
+    random_states: list[torch.Tensor] = field(default_factory=list)
 
 
 class EpochResult(NamedTuple):
@@ -110,9 +127,7 @@ def _per_member_norm(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> 
     return total.sqrt()
 
 
-def _member_view(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Reshape a (members,) vector so it broadcasts over a stacked parameter."""
-    return values.view(-1, *([1] * (like.dim() - 1)))
+_member_view = optimizers.member_view
 
 
 class Ensemble:
@@ -122,15 +137,22 @@ class Ensemble:
         self.spec = spec
         self.device = device
         self.data = data.to(device)
-        models = []
+        models, random_states = [], []
         for seed in spec.seeds:
             torch.manual_seed(seed)
             models.append(build_model(model_params, data.in_features, data.num_classes))
+            # Where a plain run with this seed goes on drawing its dropout masks.
+            random_states.append(generator_state(device))
         params, buffers = stack_module_state(models)
         self.initial_params = {k: v.detach().to(device) for k, v in params.items()}
         self.initial_buffers = {k: v.detach().to(device) for k, v in buffers.items()}
-        # functional_call needs only the module's structure: keep a weightless copy.
-        self.base: nn.Module = copy.deepcopy(models[0]).to("meta")
+        # functional_call needs only the module's structure: keep weightless copies, one in
+        # train mode (BatchNorm on the batch's statistics, Dropout on) for the training steps,
+        # one in eval mode (running statistics, no dropout) for every measurement.
+        self.base: nn.Module = copy.deepcopy(models[0]).to("meta").train()
+        self.eval_base: nn.Module = copy.deepcopy(models[0]).to("meta").eval()
+        self.initial_random_states = random_states if is_random(models[0]) else []
+        self._randomness = MemberRandomness(list(self.initial_random_states), device)
         self.peak_lrs = torch.tensor(spec.lrs, dtype=torch.float32, device=device)
         example = data.x_train[0]
         # Chosen once: how the members train, and how they are evaluated (evaluation passes
@@ -142,8 +164,9 @@ class Ensemble:
         self.eval_strategy = resolve_strategy(
             spec.strategy, models[0], len(models), eval_batch, device, example
         )
-        self._training = make_strategy(self.strategy, self.base, len(models))
-        self._evaluation = make_strategy(self.eval_strategy, self.base, len(models))
+        randomness = self._randomness if self.initial_random_states else None
+        self._training = make_strategy(self.strategy, self.base, len(models), randomness)
+        self._evaluation = make_strategy(self.eval_strategy, self.eval_base, len(models))
         # Per-example gradients of every member: members outside, examples inside.
         self._per_example_grads = vmap(vmap(grad(self._example_loss), in_dims=(None, None, 0, 0)))
 
@@ -152,7 +175,8 @@ class Ensemble:
         return len(self.spec.seeds)
 
     def _example_loss(self, params, buffers, x, y):
-        return member_loss(self.base, params, buffers, x.unsqueeze(0), y.unsqueeze(0))
+        # Eval mode: one example has no batch statistics, and the measurement draws no masks.
+        return member_loss(self.eval_base, params, buffers, x.unsqueeze(0), y.unsqueeze(0))
 
     def member_grads(self, params, buffers, x, y) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Every member's gradient of its mean loss on its own batch (x[m], y[m]), stacked like
@@ -166,13 +190,15 @@ class Ensemble:
             epoch=0,
             params={k: v.clone() for k, v in self.initial_params.items()},
             buffers={k: v.clone() for k, v in self.initial_buffers.items()},
-            momentum={k: torch.zeros_like(v) for k, v in self.initial_params.items()},
+            optimizer=optimizers.initial_state(self.spec.optimizer_spec, self.initial_params),
             init={k: v.clone() for k, v in self.initial_params.items()},
             best={k: v.clone() for k, v in self.initial_params.items()},
             best_val=torch.full((m,), math.inf, device=self.device),
             best_epoch=torch.zeros(m, dtype=torch.long, device=self.device),
             diverged_epoch=torch.full((m,), -1, dtype=torch.long, device=self.device),
             generator_states=[g.get_state() for g in generators],
+            best_buffers={k: v.clone() for k, v in self.initial_buffers.items()},
+            random_states=[s.clone() for s in self.initial_random_states],
         )
 
     @torch.no_grad()
@@ -244,22 +270,21 @@ class Ensemble:
         loss_sum = torch.zeros(self.members, device=self.device)
         names = list(state.params)
         params = [state.params[n] for n in names]
-        momenta = [state.momentum[n] for n in names]
+        buffers = {which: [tensors[n] for n in names] for which, tensors in state.optimizer.items()}
+        optimizer = spec.optimizer_spec
+        self._randomness.states = state.random_states  # advanced in place, checkpointed with the state
         for step in range(steps):
             idx = perms[:, step * spec.batch_size : (step + 1) * spec.batch_size]
             grads, losses = self.member_grads(state.params, state.buffers, x[idx], y[idx])
             loss_sum += losses * idx.shape[1]
             if step == 0:
                 first_grad_norm = torch.cat([g.flatten(1) for g in grads.values()], dim=1).norm(dim=1)
-            lrs = active * self._scheduled_lrs(state.epoch * steps + step, warmup_steps)
-            grads = [grads[n] for n in names]
-            if spec.weight_decay:
-                grads = torch._foreach_add(grads, params, alpha=spec.weight_decay)
-            # Momentum SGD as torch.optim.SGD does it (buf = momentum * buf + grad; p -= lr * buf),
-            # every parameter of every member in a few fused multi-tensor ops.
-            torch._foreach_mul_(momenta, spec.momentum)
-            torch._foreach_add_(momenta, grads)
-            updates = torch._foreach_mul(momenta, [_member_view(lrs, p) for p in params])
+            global_step = state.epoch * steps + step
+            lrs = active * self._scheduled_lrs(global_step, warmup_steps)
+            # Every parameter of every member in a few fused multi-tensor ops (optimizers.py).
+            updates = optimizers.updates(
+                optimizer, params, [grads[n] for n in names], buffers, lrs, global_step + 1
+            )
             if frozen:
                 updates = [
                     torch.where(_member_view(active, p) > 0, u, torch.zeros_like(u))
@@ -319,6 +344,9 @@ class Ensemble:
         state.best_epoch = torch.where(improved, state.epoch, state.best_epoch)
         for name, param in state.params.items():
             state.best[name] = torch.where(_member_view(improved, param), param, state.best[name])
+        for name, buffer in state.buffers.items():
+            kept = state.best_buffers[name]
+            state.best_buffers[name] = torch.where(_member_view(improved, buffer), buffer, kept)
 
     def _history_rows(self, state: EnsembleState, seconds: float, measured: dict) -> list[dict]:
         """One history row per member, with one host transfer per epoch (metrics stay on the
@@ -348,8 +376,10 @@ class Ensemble:
         if self.data.has_test_split:
             x, y = self.data.x_test, self.data.y_test
             measured = {
-                which: self.evaluate(dataclasses.replace(state, params=params), x, y)
-                for which, params in (("best", state.best), ("final", state.params))
+                which: self.evaluate(dataclasses.replace(state, params=params, buffers=buffers), x, y)
+                for which, params, buffers in (
+                    ("best", state.best, state.best_buffers), ("final", state.params, state.buffers)
+                )
             }
             host = {which: (loss.tolist(), acc.tolist()) for which, (loss, acc) in measured.items()}
         else:

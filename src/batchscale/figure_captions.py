@@ -179,6 +179,11 @@ def rules(tables: TableSource, params: dict) -> str:
         f"{train['base_batch_size']} (Goyal et al.); sqrt by &radic;(B/{train['base_batch_size']}) "
         "(Krizhevsky; Hoffer et al.)"
     )
+    if "malladi" in set(runs["rule"]):
+        text += (
+            "; Malladi's rule (Malladi et al. 2022, for Adam) scales the LR by the same square root and also "
+            f"1 - beta1 and 1 - beta2 by B/{train['base_batch_size']} and eps by its inverse square root"
+        )
     if analysis.warmup_ramp_epochs(runs, history, train) is not None:
         text += (
             f"; linear + warm-up reaches the linear rule's LR by a linear ramp from {train['base_lr']} over "

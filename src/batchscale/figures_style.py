@@ -25,12 +25,16 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 from batchscale.scaling import RULES
 
 # One colour per LR rule, the same in every figure, so a reader learns it once.
-RULE_COLOURS = {"none": "#4C72B0", "linear": "#DD8452", "sqrt": "#55A868", "linear_warmup": "#C44E52"}
+RULE_COLOURS = {
+    "none": "#4C72B0", "linear": "#DD8452", "sqrt": "#55A868", "linear_warmup": "#C44E52",
+    "malladi": "#8172B3",
+}  # fmt: skip
 RULE_LABELS = {
     "none": "constant LR (none)",
     "linear": "linear scaling",
     "sqrt": "sqrt scaling",
     "linear_warmup": "linear + warm-up",
+    "malladi": "Malladi's sqrt (LR, betas, eps)",
 }
 # Rules sit side by side at each batch size so their seeds' points do not hide each other.
 RULE_OFFSET = 0.07  # in log2 units of batch size

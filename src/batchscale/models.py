@@ -8,7 +8,7 @@ import math
 import torch
 from torch import nn
 
-from batchscale import packed
+from batchscale import model_factory, packed
 
 
 class MLP(nn.Module):
@@ -88,12 +88,15 @@ class CNN2d(nn.Module):
 
 
 def build_model(model_params: dict, in_features: int, num_classes: int) -> nn.Module:
-    """Instantiate the network named by `model.name` (weights drawn from torch's global RNG)."""
+    """Instantiate the network named by `model.name` (weights drawn from torch's global RNG);
+    `custom` is the user's own, built by `model.factory` (model_factory.py)."""
     name = model_params["name"]
+    if name == model_factory.CUSTOM:
+        return model_factory.build(model_params, in_features, num_classes)
     if name == "mlp":
         return MLP(in_features, num_classes, list(model_params["hidden"]))
     if name == "cnn1d":
         return CNN1d(in_features, num_classes, int(model_params["channels"]))
     if name == "cnn2d":
         return CNN2d(in_features, num_classes, int(model_params["channels"]))
-    raise ValueError(f"model.name: unknown model {name!r} (choose mlp, cnn1d or cnn2d)")
+    raise ValueError(f"model.name: unknown model {name!r} (choose mlp, cnn1d, cnn2d or custom)")

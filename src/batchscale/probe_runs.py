@@ -35,15 +35,20 @@ class TrainedRun:
         """(params, buffers) of one member from weight set `which` (best, final or init)."""
         return (
             probes.member_params(self.weights[which], index),
-            probes.member_params(self.buffers, index),
+            probes.member_params(self.buffers.get(which, {}), index),
         )
 
 
 def load_run(run_dir: Path, model_params: dict, data: Dataset) -> TrainedRun:
     saved = load_torch(Path(run_dir) / "weights.pt")
-    base = build_model(model_params, data.in_features, data.num_classes).to("meta")
+    # Every probe measures the trained network as it is used: in eval mode, BatchNorm on its
+    # running statistics (those of the weight set probed) and no dropout.
+    base = build_model(model_params, data.in_features, data.num_classes).to("meta").eval()
     weights = {which: saved[which] for which in ("best", "final", "init")}
-    return TrainedRun(base, list(saved["seeds"]), weights, saved.get("buffers", {}))
+    buffers = saved.get("buffers") or {}
+    # Runs written before models had buffers saved one flat (empty) dict.
+    buffers = buffers if set(buffers) <= set(weights) else {which: buffers for which in weights}
+    return TrainedRun(base, list(saved["seeds"]), weights, buffers)
 
 
 def probe_subset(data: Dataset, examples: int) -> tuple[torch.Tensor, torch.Tensor]:

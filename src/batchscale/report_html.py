@@ -10,15 +10,16 @@ from __future__ import annotations
 import html
 import math
 import re
-from pathlib import Path
 
 import pandas as pd
 
 from batchscale import analysis
 from batchscale.aggregate import TARGET_MARGIN
 from batchscale.analysis import (
+    CLOSED_GAP,
     CriticalBatch,
     Departure,
+    RuleGap,
     reference_rule,
     unpassed_runs,
 )
@@ -459,56 +460,6 @@ def jobs_sentence(jobs: pd.DataFrame) -> str:
     return text + "</p>"
 
 
-def read_studies(paths: list[str | Path]) -> pd.DataFrame:
-    """Every study's claims in one frame, labelled by the study's folder (<data>-<model>)."""
-    frames = []
-    for path in paths:
-        frame = pd.read_csv(path)
-        frame.insert(0, "study", Path(path).parent.name)
-        frames.append(frame)
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["study", "claim_id"])
-
-
-def studies_table(studies: pd.DataFrame, current: str) -> str:
-    """Which claims hold on which data set: one row per claim, one column per study (the
-    current one first), each cell the verdict with the observed statistic."""
-    names = [current, *sorted(set(studies["study"]) - {current})]
-    head = "<tr><th>claim</th>" + "".join(
-        f"<th>{esc(name)}{' (this report)' if name == current else ''}</th>" for name in names
-    ) + "</tr>"  # fmt: skip
-    rows = []
-    for claim_id, group in studies.groupby("claim_id", sort=False):
-        by_study = group.set_index("study")
-        cells = []
-        for name in names:
-            if name not in by_study.index:
-                cells.append("<td>–</td>")
-                continue
-            row = by_study.loc[name]
-            # Every part of a claim of several, labelled (the row's observed is the first part's).
-            cells.append(f'<td>{verdict_badge(row["verdict"])} <span class="num">{observed_cell(row)}</span>'
-                         "</td>")  # fmt: skip
-        rows.append(f'<tr><td><a href="#{esc(claim_id)}">{esc(claim_id)}</a></td>{"".join(cells)}</tr>')
-    return f"<table>{head}{''.join(rows)}</table>"
-
-
-def studies_note(studies: pd.DataFrame, current: str) -> str:
-    others = sorted(set(studies["study"]) - {current})
-    if not others:
-        return (
-            f"<p>Only this study ({esc(current)}) has been run in this folder. Run another data set "
-            "or model beside it, e.g. <code>snakemake --cores 4 --configfile config/mnist.yaml</code> "
-            "(real MNIST digits, a small 2-D CNN); its results go to their own folder and this table "
-            "then shows both.</p>"
-        )
-    return (
-        f"<p>Each column is a study run in this folder (<code>results/&lt;data&gt;-&lt;model&gt;/</code>): "
-        f"this report's, and {', '.join(esc(o) for o in others)}, each decided by the same rules on its "
-        "own measurements (its own report: rerun Snakemake with its config). A claim that holds on one "
-        "data set and not another is a finding, not an error.</p>"
-    )
-
-
 def layouts_sentence(layouts: pd.DataFrame) -> str:
     """Which way of spending the CPU's threads trained faster, as measured by the bench."""
     if layouts.empty:
@@ -533,3 +484,35 @@ def layouts_sentence(layouts: pd.DataFrame) -> str:
         "Small models leave a thread mostly idle between tiny kernels, so threads inside one job help "
         "little.</p>"
     )
+
+
+def rule_gaps_sentence(gaps: list[RuleGap]) -> str:
+    """Which rule closes the gap between the smallest and the largest batch: each rule's
+    remaining relative gap with its CI, and the verdict rule beside it."""
+    if not gaps:
+        return ""
+    first = gaps[0]
+    parts = []
+    for gap in gaps:
+        left_out = f", {gap.left_out} diverged seed(s) left out" if gap.left_out else ""
+        parts.append(
+            f"{esc(gap.rule)} {fmt_signed(gap.value)} [{fmt_signed(gap.ci_low)}, {fmt_signed(gap.ci_high)}]"
+            f" ({gap.seeds} seeds{left_out})"
+        )
+    closing = [esc(g.rule) for g in gaps if g.closed]
+    bound = f"{CLOSED_GAP:.0%}"
+    verdict = (
+        f"The gap is closed (its CI wholly within &plusmn;{bound}, C8's bound for small) under "
+        f"{', '.join(closing)}." if closing else
+        f"No rule closes it: no rule's CI lies wholly within &plusmn;{bound} (C8's bound for small)."
+    )  # fmt: skip
+    return (
+        f"<p>Which rule closes the gap: the minimum validation loss at B={first.large} relative to "
+        f"B={first.small} under each rule, minus 1 (means over seeds; 95% bootstrap CI over seeds): "
+        f"{'; '.join(parts)}. {verdict}</p>"
+    )
+
+
+def fmt_signed(value: float) -> str:
+    """A relative change as a signed percentage (+12.3%); an en dash when missing."""
+    return "–" if is_missing(value) else f"{value:+.1%}"

@@ -2,8 +2,10 @@
 
 - `packed`: all members as one wide model (packed.py): grouped convolutions and batched
   matrix multiplies, plain autograd;
-- `vmap`: `torch.func.vmap` over a functional call of the model: any module at all;
-- `loop`: one member after another: the least memory at once.
+- `vmap`: `torch.func.vmap` over a functional call of the model: any module without
+  train-mode randomness (BatchNorm's running statistics are each member's own, batched);
+- `loop`: one member after another: the least memory at once, and the only one that draws
+  each member's Dropout masks from that member's own stream (`MemberRandomness`).
 
 Each is an object with the same two methods, `gradients` and `logits`, chosen once per
 ensemble by `resolve_strategy`; only speed, memory and float rounding differ. Why `auto`
@@ -12,12 +14,14 @@ chooses as it does is measured in docs/decisions.md ("How the members train toge
 
 from __future__ import annotations
 
+import contextlib
 from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
+from torch.nn.modules.dropout import _DropoutNd
 
 from batchscale import packed
 
@@ -95,21 +99,58 @@ class Vmapped:
         return self._logits(params, buffers, x)
 
 
+class MemberRandomness:
+    """Each member's own stream of train-mode random numbers (Dropout's masks): the global
+    generator's state as it stood right after that member's weights were drawn, which is where
+    a plain run with that seed would go on drawing. `states` is checkpointed with the run."""
+
+    def __init__(self, states: list[torch.Tensor], device: torch.device):
+        self.states, self.device = states, device
+
+    @contextlib.contextmanager
+    def member(self, m: int):
+        """Draw from member m's stream inside the block, and keep where it got to."""
+        get, set_ = _generator_state_functions(self.device)
+        outside = get()
+        set_(self.states[m])
+        try:
+            yield
+        finally:
+            self.states[m] = get()
+            set_(outside)
+
+
+def _generator_state_functions(device: torch.device):
+    """(get, set) of the global generator that draws random numbers on `device`."""
+    if device.type == "cuda":
+        return (lambda: torch.cuda.get_rng_state(device)), (lambda s: torch.cuda.set_rng_state(s, device))
+    return torch.get_rng_state, torch.set_rng_state
+
+
+def generator_state(device: torch.device) -> torch.Tensor:
+    return _generator_state_functions(device)[0]()
+
+
 class Looped:
     name = "loop"
 
-    def __init__(self, base: nn.Module, members: int):
-        self.base, self.members = base, members
+    def __init__(self, base: nn.Module, members: int, randomness: MemberRandomness | None = None):
+        self.base, self.members, self.randomness = base, members, randomness
+
+    def _loss(self, leaves, buffers, x, y, m):
+        if self.randomness is None:
+            return member_loss(self.base, leaves[m], _member(buffers, m), x[m], y[m])
+        with self.randomness.member(m):
+            return member_loss(self.base, leaves[m], _member(buffers, m), x[m], y[m])
 
     def gradients(self, params, buffers, x, y):
         # One autograd graph with a leaf per member and parameter (views, no copies): the
         # gradient of the summed losses with respect to member m's leaves is member m's own.
+        # Buffers are views too, so BatchNorm's running statistics update each member's own.
         members = range(self.members)
         leaves = [{name: p[m].detach().requires_grad_() for name, p in params.items()} for m in members]
         with torch.enable_grad():
-            losses = torch.stack(
-                [member_loss(self.base, leaves[m], _member(buffers, m), x[m], y[m]) for m in members]
-            )
+            losses = torch.stack([self._loss(leaves, buffers, x, y, m) for m in members])
             flat = torch.autograd.grad(losses.sum(), [t for member in leaves for t in member.values()])
         per_param = len(params)
         grads = {name: torch.stack(flat[i::per_param]) for i, name in enumerate(params)}
@@ -125,14 +166,24 @@ class Looped:
 _BY_NAME = {cls.name: cls for cls in (Packed, Vmapped, Looped)}
 
 
-def make_strategy(name: str, base: nn.Module, members: int) -> MemberStrategy:
-    """The strategy object `resolve_strategy` named, for `members` copies of `base`."""
+def make_strategy(
+    name: str, base: nn.Module, members: int, randomness: MemberRandomness | None = None
+) -> MemberStrategy:
+    """The strategy object `resolve_strategy` named, for `members` copies of `base`; a model
+    with train-mode randomness gets each member's own stream (`randomness`, loop only)."""
+    if name == "loop":
+        return Looped(base, members, randomness)
     return _BY_NAME[name](base, members)
 
 
 def can_pack(model: nn.Module) -> bool:
     """Whether the model has a packed form (models.py) and no buffers it would have to carry."""
-    return hasattr(model, "forward_packed") and not list(model.buffers())
+    return hasattr(model, "forward_packed") and not list(model.buffers()) and not is_random(model)
+
+
+def is_random(model: nn.Module) -> bool:
+    """Whether the model draws random numbers in train mode (Dropout and its kin)."""
+    return any(isinstance(module, _DropoutNd) for module in model.modules())
 
 
 def widest_activation(model: nn.Module, example: torch.Tensor) -> int:
@@ -141,10 +192,14 @@ def widest_activation(model: nn.Module, example: torch.Tensor) -> int:
     hooks = [
         m.register_forward_hook(lambda _m, _i, out: sizes.append(out[0].numel())) for m in model.modules()
     ]
+    # Eval mode: BatchNorm cannot normalise a batch of one, and its running statistics stay put.
+    training = model.training
+    model.eval()
     try:
         with torch.no_grad():
             model(example.unsqueeze(0))
     finally:
+        model.train(training)
         for hook in hooks:
             hook.remove()
     return max(sizes)
@@ -163,9 +218,14 @@ def resolve_strategy(
     """
     if name == "packed" and not can_pack(model):
         raise ValueError(f"train.ensemble: {type(model).__name__} has no packed form; use vmap or loop")
+    if name == "vmap" and is_random(model):
+        raise ValueError(
+            f"train.ensemble: vmap cannot give each member its own dropout masks ({type(model).__name__} "
+            "has Dropout); use loop or auto"
+        )
     if name != "auto":
         return name
-    if members == 1:
+    if members == 1 or is_random(model):
         return "loop"
     if not can_pack(model):
         return "vmap"

@@ -2,6 +2,7 @@
 rule bench:
     input:
         data=PREPARED,
+        model=MODEL_FILES,  # the thread-layout comparison trains the study's model
     output:
         bench="reports/tables/bench.csv",
         layouts="reports/tables/thread_layouts.csv",

@@ -25,6 +25,20 @@ OTHER_STUDIES = sorted(
     for path in glob.glob("results/*/claims.csv")
     if path != f"{RESULTS}/claims.csv"
 )
+
+
+def model_files():
+    """A user's own model's file (model.name custom, a factory in a file), or []."""
+    if PARAMS["model"]["name"] != "custom":
+        return []
+    # Only here: it imports torch (1.8 s), which a built-in model's planning does without.
+    from batchscale import model_factory
+
+    return model_factory.dependency_files(PARAMS["model"])
+
+
+# An input of every job that builds the model, so that editing the file reruns them.
+MODEL_FILES = model_files()
 BATCH_SIZES = sorted(PARAMS["grid"]["batch_sizes"])
 RUN_DIRS = bs_config.run_dirs(PARAMS)
 PROBE_DIRS = bs_config.probe_dirs(PARAMS)
@@ -54,10 +68,12 @@ def sections_json(*names):
 
 def run_arguments(run_key):
     """`batchscale train` options for the run a key names (bs64_lr0.02_wu5; a job of the tuned
-    sweep names several LRs, bs64_lr0.005_0.01_0.04, and trains every seed at each)."""
-    batch_size, lrs, warmup = bs_config.parse_run_key(run_key)
-    lr = " ".join(repr(lr) for lr in lrs)
-    return f"--batch-size {batch_size} --lr {lr} --warmup-epochs {warmup}"
+    sweep names several LRs, bs64_lr0.005_0.01_0.04, and trains every seed at each; _malladi:
+    Adam's betas and eps set by Malladi et al.'s rule)."""
+    key = bs_config.parse_run_key(run_key)
+    lr = " ".join(repr(lr) for lr in key.lrs)
+    malladi = " --malladi" if key.malladi else ""
+    return f"--batch-size {key.batch_size} --lr {lr} --warmup-epochs {key.warmup_epochs}{malladi}"
 
 
 def train_priority(run_key):
@@ -65,7 +81,7 @@ def train_priority(run_key):
     about the same per example at every batch size, plus a per-step overhead (jobs of 8 members
     measured 87 s at B=32 and 71 s at B=256: about 10 examples' worth per step), times the
     job's LRs (a tuned-sweep job trains every seed at each)."""
-    batch_size, lrs, _ = bs_config.parse_run_key(run_key)
+    batch_size, lrs = bs_config.parse_run_key(run_key)[:2]
     examples = bs_config.expected_train_size(PARAMS["data"])
     steps = -(-examples // batch_size)
     return len(lrs) * (examples + 10 * steps)

@@ -5,6 +5,7 @@ rule probe:
     input:
         weights=f"{RESULTS}/runs/{{run}}/weights.pt",
         data=PREPARED,
+        model=MODEL_FILES,
     output:
         sharpness=f"{RESULTS}/probes/{{run}}/sharpness.csv",
         slices=f"{RESULTS}/probes/{{run}}/slices.csv",
@@ -36,6 +37,7 @@ if LANDSCAPE_PAIR:
             small=f"{LANDSCAPE_PAIR[0].run_dir}/weights.pt",
             large=f"{LANDSCAPE_PAIR[1].run_dir}/weights.pt",
             data=PREPARED,
+            model=MODEL_FILES,
         output:
             interpolation=f"{RESULTS}/landscape/interpolation.csv",
             contour=f"{RESULTS}/landscape/contour.csv",

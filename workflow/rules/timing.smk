@@ -7,6 +7,7 @@
 rule time_epochs:
     input:
         data=PREPARED,
+        model=MODEL_FILES,
     output:
         expand(f"{RESULTS}/timing/bs{{batch_size}}.csv", batch_size=BATCH_SIZES),
     log:

@@ -5,6 +5,7 @@
 rule train:
     input:
         data=PREPARED,
+        model=MODEL_FILES,
     output:
         history=f"{RESULTS}/runs/{{run}}/history.csv",
         summary=f"{RESULTS}/runs/{{run}}/summary.json",
