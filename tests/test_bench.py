@@ -90,3 +90,26 @@ def test_the_report_reads_the_bench_against_the_speed_goal():
     assert "not met" in bench_sentence(table)
     table["device"] = "cuda:0"
     assert "a GPU: at least 100x, not met" in bench_sentence(table)
+
+
+def test_the_bench_times_a_users_model_and_adam_on_the_strategies_that_can_train_it(tmp_path):
+    """A custom model with BatchNorm and Dropout has no packed form and cannot be vmapped with
+    its own masks per member: the bench times the loop only, with Adam in both the naive loop
+    and the engine."""
+    path = tmp_path / "mine.py"
+    path.write_text(
+        "from torch import nn\n"
+        "def make(in_features, num_classes):\n"
+        "    return nn.Sequential(nn.Linear(in_features, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Dropout(0.2),\n"
+        "                         nn.Linear(8, num_classes))\n"
+    )
+    adam = {"optimizer": "adam", "momentum": 0.9, "nesterov": False, "betas": (0.9, 0.999), "eps": 1e-8,
+            "weight_decay": 0.0}  # fmt: skip
+    table = bench.benchmark(
+        models=[{"name": "custom", "factory": f"{path}:make", "kwargs": {}}], data=tiny(), batch_sizes=[16],
+        members=3, repeats=1, lr=0.001, momentum=0.9, device=torch.device("cpu"), optimizer=adam,
+    )  # fmt: skip
+    assert list(table["variant"]) == [
+        "naive loop (DataLoader, torch.optim.Adam)", "engine, 1 member", "engine, 3 members, loop",
+    ]  # fmt: skip
+    assert list(table["auto_choice"]) == [False, False, True]

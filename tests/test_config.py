@@ -233,3 +233,14 @@ def test_a_rule_or_setting_the_optimizer_cannot_take_is_refused_in_one_line(over
     with pytest.raises(ConfigError) as caught:
         validate(override)
     assert str(caught.value).startswith(message) and "\n" not in str(caught.value)
+
+
+def test_a_users_model_names_its_study_folder_by_its_file_and_callable():
+    model = {"name": "custom", "factory": "models/my-net.py:make_model"}
+    assert study_dir({"data": {"name": "mnist1d"}, "model": model, "train": {"optimizer": "adam"}}) == (
+        "results/mnist1d-my_net.make_model-adam"
+    )
+    model = {"name": "custom", "factory": "mypackage.nets:wide"}
+    assert study_dir({"data": {"name": "digits"}, "model": model, "train": {"optimizer": "sgd"}}) == (
+        "results/digits-mypackage.nets.wide"
+    )

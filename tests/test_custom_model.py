@@ -75,7 +75,8 @@ def refused_model(model: dict, key: str = "model.factory", data: dict | None = N
 
 def test_the_example_factory_passes_and_the_model_section_gets_its_defaults():
     params = validate({"model": custom(EXAMPLE, width=8), "data": {"name": "mnist"}})
-    assert params["model"] == {**custom(EXAMPLE, width=8), "hidden": [100, 100], "channels": 32}
+    defaults = {"hidden": [100, 100], "channels": 32, "ghost_batch": 0}
+    assert params["model"] == {**custom(EXAMPLE, width=8), **defaults}
     assert validate({})["model"]["factory"] == "" and validate({})["model"]["kwargs"] == {}
 
 
@@ -122,7 +123,6 @@ def test_a_file_whose_import_fails_is_refused_with_the_exception(tmp_path, sourc
         ("raises", {}, "raises(40, 10, **model.kwargs) raised RuntimeError: no model today"),
         ("make", {"unknown": 1}, "raised TypeError:"),
         ("make", {"returns": 42}, "returned int, not a torch nn.Module"),
-        ("make", {"batchnorm": True}, "models with buffers (e.g. BatchNorm) are not supported yet"),
         ("make", {"frozen": True}, "no trainable parameters"),
         ("make", {"extra_in": 1}, "forward on input of shape (2, 40) raised RuntimeError:"),
         ("make", {"extra_out": 1}, "maps input of shape (2, 40) to (2, 11), not to logits of shape (2, 10)"),
@@ -235,11 +235,15 @@ def test_auto_trains_a_custom_model_with_vmap():
 
 # The real workflow: the tiny study's DAG with the fewest runs that still make a report.
 MODEL_FILE = "models/mine.py"
+# BatchNorm and Dropout: each member's running statistics and masks, the probes in eval mode.
 MINE = """
 from torch import nn
 
 def make(in_features, num_classes, width):
-    return nn.Sequential(nn.Linear(in_features, width), nn.Tanh(), nn.Linear(width, num_classes))
+    return nn.Sequential(
+        nn.Linear(in_features, width), nn.BatchNorm1d(width), nn.Tanh(), nn.Dropout(0.1),
+        nn.Linear(width, num_classes),
+    )
 """
 STUDY = f"""
 model: {{name: custom, factory: "{MODEL_FILE}:make", kwargs: {{width: 8}}}}
@@ -261,8 +265,8 @@ def test_a_users_model_file_trains_end_to_end_and_its_edit_reruns_the_jobs(proje
     (project / "mine.yaml").write_text(STUDY)
     run(["snakemake", "--cores", "2", *CONFIG], project)
     assert "data:image/png;base64," in (project / "reports/report.html").read_text()
-    summary = next((project / "results/mnist1d-custom/runs").glob("*/summary.json")).read_text()
-    assert '"ensemble": "vmap"' in summary and '"factory": "models/mine.py:make"' in summary
+    summary = next((project / "results/mnist1d-mine.make/runs").glob("*/summary.json")).read_text()
+    assert '"ensemble": "loop"' in summary and '"factory": "models/mine.py:make"' in summary
     assert planned(run(["snakemake", "-n", *CONFIG], project)) == {}  # nothing to do
 
     (project / MODEL_FILE).write_text(textwrap.dedent(MINE).replace("nn.Tanh()", "nn.ReLU()"))
@@ -297,3 +301,17 @@ def test_the_check_sees_the_shapes_the_engine_gets(name):
     arrays = data.make_arrays(settings)
     assert config.input_shape(settings) == arrays["x_train"].shape[1:]
     assert config.num_classes(settings) == int(arrays["y_train"].max()) + 1
+
+
+def test_a_model_with_batchnorm_is_accepted_and_dropout_is_refused_for_vmap(tmp_path, factory_file):
+    data = {"name": "mnist1d"}
+    validate({"model": custom(f"{factory_file}:make", batchnorm=True), "data": data})
+    path = tmp_path / "dropout.py"
+    path.write_text(
+        "from torch import nn\n"
+        "def make(in_features, num_classes):\n"
+        "    return nn.Sequential(nn.Dropout(0.5), nn.Linear(in_features, num_classes))\n"
+    )
+    validate({"model": custom(f"{path}:make"), "data": data, "train": {"ensemble": "loop"}})
+    message = refusal({"model": custom(f"{path}:make"), "data": data, "train": {"ensemble": "vmap"}})
+    assert message.startswith("train.ensemble: vmap cannot give each member its own dropout masks")

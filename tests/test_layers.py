@@ -17,7 +17,7 @@ LAYERS = [
     # foundations: no knowledge of training
     {"__init__", "errors", "io", "scaling", "progress", "allocator", "devices", "provenance", "cluster"},
     # what is trained on and what is trained
-    {"data", "packed", "model_factory", "models", "config"},
+    {"data", "packed", "model_factory", "model_traits", "models", "config"},
     # training and measuring
     {"optimizers", "strategies", "engine", "timing", "probes", "probe_runs", "bench", "thread_layout"},
     # tables -> numbers

@@ -416,5 +416,8 @@ def test_which_rule_closes_the_gap_leaves_diverged_seeds_out_of_its_number_and_s
     assert (linear.seeds, linear.left_out) == (3, 1)
     sentence = report_html.rule_gaps_sentence(gaps)
     assert "none +50.0%" in sentence and "linear +0.0%" in sentence
-    assert "(3 seeds, 1 diverged seed(s) left out)" in sentence and "closed" in sentence
-    assert sentence.endswith("under linear.</p>")
+    assert "(3 seeds, 1 diverged seed(s) left out)" in sentence
+    assert "Closed (CI wholly within &plusmn;10%, C8's bound for small): linear; a gap remains" in sentence
+    assert sentence.endswith("not within &plusmn;10%): none.</p>")
+    reversed_gap = analysis.RuleGap("linear", 32, 256, -0.08, -0.15, -0.02, 8, 0)
+    assert reversed_gap.outcome == "reversed" and not reversed_gap.closed

@@ -178,6 +178,18 @@ class RuleGap:
     def closed(self) -> bool:
         return -CLOSED_GAP < self.ci_low and self.ci_high < CLOSED_GAP
 
+    @property
+    def outcome(self) -> str:
+        """closed (CI within +-CLOSED_GAP), reversed (the largest batch better: CI below 0), remains
+        (CI above 0), else undecided."""
+        if self.closed:
+            return "closed"
+        if self.ci_high < 0:
+            return "reversed"
+        if self.ci_low > 0:
+            return "remains"
+        return "undecided"
+
 
 def rule_gaps(runs: pd.DataFrame, reps: int, confidence: float, seed: int) -> list[RuleGap]:
     """Every rule's gap between the smallest and the largest batch size of the grid, in the

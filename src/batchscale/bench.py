@@ -21,6 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from batchscale import engine
 from batchscale.data import Dataset
 from batchscale.devices import synchronize
+from batchscale.model_traits import is_random
 from batchscale.models import build_model
 
 MATMUL_SIZE = 512  # square matrices timed for the machine's matrix-multiply rate
@@ -39,11 +40,28 @@ def median_seconds(run_epoch: Callable[[], None], repeats: int, device: torch.de
     return statistics.median(times)
 
 
-def naive_epoch_fn(model_params: dict, data: Dataset, batch_size: int, lr: float, momentum: float, device):
-    """The baseline: one model, a shuffling DataLoader, torch.optim.SGD, the textbook loop."""
+# torch.optim's class for each train.optimizer, for the naive loop.
+TORCH_OPTIMIZERS = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}
+
+
+def torch_optimizer(parameters, lr: float, settings: dict) -> torch.optim.Optimizer:
+    """The torch.optim optimizer the engine's update is written after (optimizers.py), built from
+    TrainSpec's optimizer fields (`settings`: optimizer, momentum, nesterov, betas, eps, weight_decay)."""
+    name, decay = settings["optimizer"], settings.get("weight_decay", 0.0)
+    if name == "sgd":
+        momentum = settings["momentum"]
+        return torch.optim.SGD(parameters, lr=lr, momentum=momentum, nesterov=settings.get("nesterov", False),
+                               weight_decay=decay)  # fmt: skip
+    optimizer = getattr(torch.optim, TORCH_OPTIMIZERS[name])
+    betas, eps = tuple(settings["betas"]), settings["eps"]
+    return optimizer(parameters, lr=lr, betas=betas, eps=eps, weight_decay=decay)
+
+
+def naive_epoch_fn(model_params: dict, data: Dataset, batch_size: int, lr: float, settings: dict, device):
+    """The baseline: one model, a shuffling DataLoader, torch.optim, the textbook loop."""
     torch.manual_seed(0)
     model = build_model(model_params, data.in_features, data.num_classes).to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    opt = torch_optimizer(model.parameters(), lr, settings)
     loader = DataLoader(TensorDataset(data.x_train, data.y_train), batch_size=batch_size, shuffle=True)
 
     def run_epoch() -> None:
@@ -61,6 +79,14 @@ def engine_epoch_fn(model_params: dict, data: Dataset, spec: engine.TrainSpec, d
     ensemble = engine.Ensemble(model_params, data, spec, device)
     state = ensemble.fresh_state()
     return lambda: ensemble.train_epoch(state, ensemble.epoch_permutations(state))
+
+
+def supported_strategies(model: torch.nn.Module) -> list[str]:
+    """The strategies that can train this model: packed needs a packed form, vmap no dropout."""
+    return [
+        name for name in engine.STRATEGIES
+        if (name != "packed" or engine.can_pack(model)) and (name != "vmap" or not is_random(model))
+    ]  # fmt: skip
 
 
 def auto_strategy(model_params: dict, data: Dataset, members: int, batch_size: int, device) -> str:
@@ -96,26 +122,31 @@ def benchmark(
     lr: float,
     momentum: float,
     device: torch.device,
+    optimizer: dict | None = None,
 ) -> pd.DataFrame:
-    """ms per model-epoch of each variant, its ratio to the naive loop, and the FLOP floor."""
+    """ms per model-epoch of each variant, its ratio to the naive loop, and the FLOP floor.
+    `optimizer`: TrainSpec's optimizer fields (default: momentum SGD with `momentum`)."""
+    settings = optimizer or {"optimizer": "sgd", "momentum": momentum}
+    label = TORCH_OPTIMIZERS[settings["optimizer"]]
     rate = matmul_flops_per_second(device)
     rows = []
     for model_params in models:
+        model = build_model(model_params, data.in_features, data.num_classes)
         for batch_size in batch_sizes:
             variants = {
-                "naive loop (DataLoader, torch.optim.SGD)": (
-                    naive_epoch_fn(model_params, data, batch_size, lr, momentum, device),
+                f"naive loop (DataLoader, torch.optim.{label})": (
+                    naive_epoch_fn(model_params, data, batch_size, lr, settings, device),
                     1,
                     "",
                 ),
             }
-            spec = engine.TrainSpec(batch_size, [0], [lr], 1, momentum)
+            spec = engine.TrainSpec(batch_size, [0], [lr], 1, **settings)
             variants["engine, 1 member"] = (engine_epoch_fn(model_params, data, spec, device), 1, "loop")
             if members > 1:
-                # Both ways of training the members together; auto_choice says which one
-                # `train.ensemble: auto` takes for this model, batch size and device.
-                for strategy in engine.STRATEGIES:
-                    spec = engine.TrainSpec(batch_size, list(range(members)), [lr] * members, 1, momentum,
+                # Every way of training the members together that the model allows; auto_choice
+                # says which one `train.ensemble: auto` takes for this model, batch size and device.
+                for strategy in supported_strategies(model):
+                    spec = engine.TrainSpec(batch_size, list(range(members)), [lr] * members, 1, **settings,
                                             strategy=strategy)  # fmt: skip
                     variants[f"engine, {members} members, {strategy}"] = (
                         engine_epoch_fn(model_params, data, spec, device),

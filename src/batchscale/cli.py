@@ -274,6 +274,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
         lr=train["base_lr"],
         momentum=train["momentum"],
         device=device,
+        optimizer=optimizer_settings(train, train["base_batch_size"]),
     )
     print(bench.format_table(table))
     if args.layouts_out:

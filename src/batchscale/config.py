@@ -189,10 +189,20 @@ def check_model_factory(params: dict, given: set[str]) -> None:
         built = model_factory.check(model, input_shape(params["data"]), num_classes(params["data"]))
     except model_factory.FactoryError as exc:
         raise ConfigError(str(exc)) from None
-    if "train" in given and params["train"]["ensemble"] == "packed" and not hasattr(built, "forward_packed"):
+    if "train" not in given:
+        return
+    from batchscale.model_traits import can_pack, is_random
+
+    ensemble = params["train"]["ensemble"]
+    if ensemble == "packed" and not can_pack(built):
         raise ConfigError(
-            "train.ensemble: packed needs a model with a packed form (forward_packed), and the model of "
-            "model.factory has none (use auto, vmap or loop)"
+            "train.ensemble: packed needs a model with a packed form (forward_packed) and no buffers or "
+            "dropout, and the model of model.factory is not one (use auto, vmap or loop)"
+        )
+    if ensemble == "vmap" and is_random(built):
+        raise ConfigError(
+            "train.ensemble: vmap cannot give each member its own dropout masks, and the model of "
+            "model.factory has Dropout (use auto or loop)"
         )
 
 
@@ -215,6 +225,12 @@ def check_consistency(params: dict, given: set[str]) -> None:
                 f"gives sequences of {features} values (use mlp or cnn1d)"
             )
     if "model" in given:
+        from batchscale.models import check_model_settings
+
+        try:
+            check_model_settings(params["model"])
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         check_model_factory(params, given)
     if "probes" in given:
         check_noise_batch(params["probes"], params["data"] if "data" in given else None)
@@ -331,7 +347,18 @@ def study_name(params: dict) -> str:
     """
     optimizer = params["train"]["optimizer"]
     suffix = "" if optimizer == "sgd" else f"-{optimizer}"
-    return f"{params['data']['name']}-{params['model']['name']}{suffix}"
+    return f"{params['data']['name']}-{model_label(params['model'])}{suffix}"
+
+
+def model_label(model: dict) -> str:
+    """The model's name in a study's folder: a built-in's name, or a user's factory as
+    `<file stem or module>.<callable>` (two factories never share a folder), with any character
+    other than letters, digits, `_` and `.` replaced by `_` (a `-` separates the name's parts)."""
+    if model["name"] != "custom":
+        return model["name"]
+    source, _, callable_name = model["factory"].rpartition(":")
+    stem = Path(source).stem if source.endswith(".py") else source
+    return re.sub(r"[^A-Za-z0-9_.]", "_", f"{stem}.{callable_name}")
 
 
 def study_dir(params: dict) -> str:

@@ -121,13 +121,7 @@ def build(model_params: dict, in_features: int, num_classes: int) -> nn.Module:
 
 
 def check_trainable(model: nn.Module) -> None:
-    """Parameters to train, and no buffers (which each member would have to carry: not yet)."""
-    buffers = [name for name, _ in model.named_buffers()]
-    if buffers:
-        raise FactoryError(
-            f"model.factory: the model has buffers ({', '.join(buffers[:3])}): models with buffers "
-            "(e.g. BatchNorm) are not supported yet"
-        )
+    """Parameters to train (buffers, e.g. BatchNorm's running statistics, are each member's own)."""
     if not any(p.requires_grad for p in model.parameters()):
         raise FactoryError("model.factory: the model has no trainable parameters")
 

@@ -499,13 +499,19 @@ def rule_gaps_sentence(gaps: list[RuleGap]) -> str:
             f"{esc(gap.rule)} {fmt_signed(gap.value)} [{fmt_signed(gap.ci_low)}, {fmt_signed(gap.ci_high)}]"
             f" ({gap.seeds} seeds{left_out})"
         )
-    closing = [esc(g.rule) for g in gaps if g.closed]
     bound = f"{CLOSED_GAP:.0%}"
-    verdict = (
-        f"The gap is closed (its CI wholly within &plusmn;{bound}, C8's bound for small) under "
-        f"{', '.join(closing)}." if closing else
-        f"No rule closes it: no rule's CI lies wholly within &plusmn;{bound} (C8's bound for small)."
-    )  # fmt: skip
+    meanings = {
+        "closed": f"closed (CI wholly within &plusmn;{bound}, C8's bound for small)",
+        "reversed": "reversed (the largest batch better: CI wholly below 0)",
+        "remains": f"a gap remains (CI wholly above 0, not within &plusmn;{bound})",
+        "undecided": "undecided (the CI holds 0 and reaches past the bound)",
+    }
+    outcomes = [
+        f"{meaning}: {', '.join(esc(g.rule) for g in gaps if g.outcome == outcome)}"
+        for outcome, meaning in meanings.items() if any(g.outcome == outcome for g in gaps)
+    ]  # fmt: skip
+    joined = "; ".join(outcomes)
+    verdict = f"{joined[0].upper()}{joined[1:]}."
     return (
         f"<p>Which rule closes the gap: the minimum validation loss at B={first.large} relative to "
         f"B={first.small} under each rule, minus 1 (means over seeds; 95% bootstrap CI over seeds): "

@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
-from torch.nn.modules.dropout import _DropoutNd
 
 from batchscale import packed
+from batchscale.model_traits import can_pack, is_random
 
 Params = dict[str, torch.Tensor]
 
@@ -176,14 +176,7 @@ def make_strategy(
     return _BY_NAME[name](base, members)
 
 
-def can_pack(model: nn.Module) -> bool:
-    """Whether the model has a packed form (models.py) and no buffers it would have to carry."""
-    return hasattr(model, "forward_packed") and not list(model.buffers()) and not is_random(model)
 
-
-def is_random(model: nn.Module) -> bool:
-    """Whether the model draws random numbers in train mode (Dropout and its kin)."""
-    return any(isinstance(module, _DropoutNd) for module in model.modules())
 
 
 def widest_activation(model: nn.Module, example: torch.Tensor) -> int:
