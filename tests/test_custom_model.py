@@ -251,7 +251,8 @@ train: {{epochs: 2, seeds: [0, 1]}}
 grid: {{batch_sizes: [32, 128], lr_rules: [none]}}
 stats: {{min_seeds: 2}}
 """
-CONFIG = ["--configfile", "config/tiny.yaml", "--configfile", "mine.yaml"]
+# One --configfile with both files: a second --configfile option would replace the first.
+CONFIG = ["--configfile", "config/tiny.yaml", "mine.yaml"]
 
 
 def planned(proc) -> dict[str, int]:

@@ -74,6 +74,25 @@ def test_dvc_agrees_on_the_untouched_default(untouched):
     assert not (untouched / "results").exists()  # planned, not run
 
 
+@pytest.mark.parametrize(
+    ("old", "new", "key"),
+    [
+        ("lr_rules: [none, linear]", "lr_rules: [none, malladi]", "grid.lr_rules: malladi is a rule for"),
+        ("name: cnn1d ", 'name: custom\n  factory: "models/missing.py:make"\n ', "model.factory"),
+    ],
+    ids=["malladi-with-sgd", "missing-model-file"],
+)
+def test_dvc_repro_refuses_a_bad_model_or_optimizer_before_any_work(untouched, old, new, key):
+    """params.yaml edited as a user would: `dvc repro` stops with the line naming the key, and
+    nothing is written (no prepared data, no results)."""
+    params = untouched / "params.yaml"
+    assert old in params.read_text()
+    params.write_text(params.read_text().replace(old, new, 1))
+    proc = run(["dvc", "repro"], untouched, check=False)
+    assert proc.returncode != 0 and key in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    assert not (untouched / "results").exists() and not (untouched / "data/prepared").exists()
+
+
 @pytest.fixture(scope="module")
 def reproduced(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The project as its own git repository with the tiny study as params.yaml, after one

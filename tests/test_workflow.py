@@ -106,6 +106,10 @@ def test_lint_is_clean(project):
         ("grid:\n  lr_rules: [cubic]\n", "grid.lr_rules"),
         ("train:\n  epochs: 0\n", "train.epochs"),
         ("grid:\n  batch_sizes: [32, 999999]\n", "grid.batch_sizes"),
+        ("grid:\n  lr_rules: [none, malladi]\n", "grid.lr_rules: malladi is a rule for adam and adamw"),
+        ("train:\n  optimizer: adam\n  betas: [0.9, 1.5]\n", "train.betas.1"),
+        ("model:\n  name: resnet8\n  ghost_batch: -1\n", "model.ghost_batch"),
+        ("model:\n  name: cnn1d\n  ghost_batch: 16\n", "model.ghost_batch"),
     ],
 )
 def test_bad_configuration_stops_before_any_job(project, override, key):
