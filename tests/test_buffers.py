@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
+from reference_runs import eval_loss, plain_run
 
 from batchscale.engine import Ensemble, TrainSpec, load_checkpoint, train
-from batchscale.models import build_model
 
 from conftest import silent, tiny_dataset
 
@@ -42,28 +41,6 @@ def custom(path, name: str) -> dict:
     return {"name": "custom", "factory": f"{path}:{name}", "kwargs": {}}
 
 
-def plain_run(model_params, data, seed: int, lr: float, batch_size: int, epochs: int):
-    """The reference: one model in train mode, torch.optim.SGD, the engine's shuffling stream;
-    then the validation loss in eval mode (running statistics, no dropout)."""
-    torch.manual_seed(seed)
-    model = build_model(model_params, data.in_features, data.num_classes).train()
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-    gen = torch.Generator().manual_seed(seed)
-    n = len(data.x_train)
-    for _ in range(epochs):
-        perm = torch.randperm(n, generator=gen)
-        for start in range(0, n, batch_size):
-            idx = perm[start : start + batch_size]
-            loss = F.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    model.eval()
-    with torch.no_grad():
-        val_loss = F.cross_entropy(model(data.x_val), data.y_val).item()
-    return model, val_loss
-
-
 def assert_member_is_plain_run(state, member: int, model: torch.nn.Module):
     for name, tensor in model.named_parameters():
         torch.testing.assert_close(state.params[name][member], tensor.detach(), rtol=1e-5, atol=1e-6)
@@ -84,8 +61,9 @@ def test_member_k_with_batchnorm_or_dropout_equals_plain_run_with_seed_k(model_f
     state = train(ensemble, progress=silent())
     last = {r["seed"]: r for r in state.history if r["epoch"] == spec.epochs}
     for member, (seed, lr) in enumerate(zip(spec.seeds, spec.lrs, strict=True)):
-        model, val_loss = plain_run(model_params, data, seed, lr, spec.batch_size, spec.epochs)
+        model = plain_run(model_params, data, seed, lr, spec.batch_size, spec.epochs).model
         assert_member_is_plain_run(state, member, model)
+        val_loss = eval_loss(model, data.x_val, data.y_val)
         # Measured in eval mode: on the running statistics, without dropout.
         assert last[seed]["val_loss"] == pytest.approx(val_loss, rel=1e-5)
 

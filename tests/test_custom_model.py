@@ -10,7 +10,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from test_engine import plain_sgd_run
+from reference_runs import assert_members_are_plain_sgd_runs
 
 from batchscale import config, model_factory
 from batchscale.config import ConfigError, validate
@@ -215,16 +215,7 @@ def test_member_k_of_a_custom_model_equals_plain_run_with_seed_k(strategy):
         strategy=strategy,
     )  # fmt: skip
     state = train(Ensemble(model_params, data, spec, torch.device("cpu")), progress=silent())
-    last = {r["seed"]: r for r in state.history if r["epoch"] == spec.epochs}
-    for member, (seed, lr) in enumerate(zip(spec.seeds, spec.lrs, strict=True)):
-        params, val_loss, train_losses = plain_sgd_run(
-            model_params, data, seed, lr, spec.batch_size, spec.epochs, 0.9, weight_decay=0.01
-        )
-        for name, tensor in params.items():
-            torch.testing.assert_close(state.params[name][member], tensor.detach(), rtol=1e-5, atol=1e-6)
-        assert last[seed]["val_loss"] == pytest.approx(val_loss, rel=1e-5)
-        ours = [r["train_loss"] for r in state.history if r["seed"] == seed and r["epoch"] > 0]
-        assert ours == pytest.approx(train_losses, rel=1e-5)
+    assert_members_are_plain_sgd_runs(state, spec, model_params, data)
 
 
 def test_auto_trains_a_custom_model_with_vmap():

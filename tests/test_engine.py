@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from reference_runs import assert_members_are_plain_sgd_runs, eval_loss, momentum_sgd, plain_run
 
 from batchscale.data import Dataset
 from batchscale.engine import Ensemble, TrainSpec, train
@@ -51,27 +52,11 @@ def plain_sgd_run(
     momentum: float,
     weight_decay: float = 0.0,
 ):
-    """The reference: one model, torch.optim.SGD, the same shuffling stream as the engine."""
-    torch.manual_seed(seed)
-    model = build_model(model_params, data.in_features, data.num_classes)
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    gen = torch.Generator().manual_seed(seed)
-    n = len(data.x_train)
-    running_losses = []
-    for _ in range(epochs):
-        perm = torch.randperm(n, generator=gen)
-        seen_loss = 0.0
-        for start in range(0, n, batch_size):
-            idx = perm[start : start + batch_size]
-            loss = F.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
-            seen_loss += loss.item() * len(idx)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        running_losses.append(seen_loss / n)
-    with torch.no_grad():
-        val_loss = F.cross_entropy(model(data.x_val), data.y_val).item()
-    return dict(model.named_parameters()), val_loss, running_losses
+    """The reference (reference_runs.plain_run) with torch.optim.SGD: its weights, its validation
+    loss and its running training losses."""
+    run = plain_run(model_params, data, seed, lr, batch_size, epochs, momentum_sgd(momentum, weight_decay))
+    val_loss = eval_loss(run.model, data.x_val, data.y_val)
+    return dict(run.model.named_parameters()), val_loss, run.running_losses
 
 
 STRATEGIES = pytest.mark.parametrize("strategy", ["packed", "vmap", "loop"])
@@ -92,17 +77,7 @@ def test_member_k_equals_plain_run_with_seed_k(model_params, strategy):
         strategy=strategy,
     )
     ensemble = Ensemble(model_params, data, spec, torch.device("cpu"))
-    state = train(ensemble, progress=silent())
-    last = {r["seed"]: r for r in state.history if r["epoch"] == spec.epochs}
-    for member, (seed, lr) in enumerate(zip(spec.seeds, spec.lrs, strict=True)):
-        params, val_loss, train_losses = plain_sgd_run(
-            model_params, data, seed, lr, spec.batch_size, spec.epochs, 0.9, weight_decay=0.01
-        )
-        for name, tensor in params.items():
-            torch.testing.assert_close(state.params[name][member], tensor.detach(), rtol=1e-5, atol=1e-6)
-        assert last[seed]["val_loss"] == pytest.approx(val_loss, rel=1e-5)
-        ours = [r["train_loss"] for r in state.history if r["seed"] == seed and r["epoch"] > 0]
-        assert ours == pytest.approx(train_losses, rel=1e-5)
+    assert_members_are_plain_sgd_runs(train(ensemble, progress=silent()), spec, model_params, data)
 
 
 @STRATEGIES

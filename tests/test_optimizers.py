@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
+from reference_runs import plain_run
 
-from batchscale.data import Dataset
 from batchscale.engine import Ensemble, TrainSpec, load_checkpoint, train
-from batchscale.models import build_model
 
 from conftest import MODELS, silent, tiny_dataset
 
@@ -33,24 +31,6 @@ CASES = {
 }
 
 
-def plain_run(model_params, data: Dataset, seed: int, lr: float, batch_size: int, epochs: int, optimizer):
-    """One model trained by a torch.optim optimizer, shuffled by the engine's per-seed stream."""
-    torch.manual_seed(seed)
-    model = build_model(model_params, data.in_features, data.num_classes)
-    opt = optimizer(model.parameters(), lr)
-    gen = torch.Generator().manual_seed(seed)
-    n = len(data.x_train)
-    for _ in range(epochs):
-        perm = torch.randperm(n, generator=gen)
-        for start in range(0, n, batch_size):
-            idx = perm[start : start + batch_size]
-            loss = F.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return dict(model.named_parameters())
-
-
 @pytest.mark.parametrize("strategy", ["packed", "vmap", "loop"])
 @pytest.mark.parametrize("case", list(CASES))
 def test_member_k_equals_torch_optim_with_seed_k(case, strategy):
@@ -63,7 +43,7 @@ def test_member_k_equals_torch_optim_with_seed_k(case, strategy):
     state = train(ensemble, progress=silent())
     for member, (seed, lr) in enumerate(zip(spec.seeds, spec.lrs, strict=True)):
         reference = plain_run(model_params, data, seed, lr, spec.batch_size, spec.epochs, make_optimizer)
-        for name, tensor in reference.items():
+        for name, tensor in reference.model.named_parameters():
             torch.testing.assert_close(state.params[name][member], tensor.detach(), rtol=1e-5, atol=1e-6)
 
 

@@ -7,13 +7,15 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from reference_runs import momentum_sgd, plain_run
 from torch import nn
 
-from batchscale.data import Dataset
 from batchscale.engine import Ensemble, TrainSpec, resolve_strategy, train
 from batchscale.models import GhostBatchNorm, ResNet8, build_model, check_model_settings
 
 from conftest import silent, tiny_dataset
+
+SGD = momentum_sgd(0.9, weight_decay=0.01)
 
 
 def _inputs(shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
@@ -111,26 +113,6 @@ def test_ghost_batch_is_refused_for_a_model_without_batch_norm():
     assert "\n" not in str(info.value)
 
 
-def plain_sgd_model(model_params: dict, data: Dataset, seed: int, lr: float, batch_size: int, epochs: int):
-    """test_engine.plain_sgd_run's reference, returning the model itself so that its running
-    statistics can be compared too (plain_sgd_run ends with a validation pass in train mode, which
-    for a BatchNorm model normalises by the validation set's statistics and moves the running ones)."""
-    torch.manual_seed(seed)
-    model = build_model(model_params, data.in_features, data.num_classes).train()
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=0.01)
-    gen = torch.Generator().manual_seed(seed)
-    n = len(data.x_train)
-    for _ in range(epochs):
-        perm = torch.randperm(n, generator=gen)
-        for start in range(0, n, batch_size):
-            idx = perm[start : start + batch_size]
-            loss = F.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return model.eval()
-
-
 @pytest.mark.parametrize("strategy", ["vmap", "loop"])
 @pytest.mark.parametrize("ghost_batch", [4, 0])
 def test_member_k_equals_a_plain_run_with_seed_k_weights_and_running_statistics(strategy, ghost_batch):
@@ -148,7 +130,7 @@ def test_member_k_equals_a_plain_run_with_seed_k_weights_and_running_statistics(
     state = train(ensemble, progress=silent())
     last = {r["seed"]: r for r in state.history if r["epoch"] == spec.epochs}
     for member, (seed, lr) in enumerate(zip(spec.seeds, spec.lrs, strict=True)):
-        model = plain_sgd_model(model_params, data, seed, lr, spec.batch_size, spec.epochs)
+        model = plain_run(model_params, data, seed, lr, spec.batch_size, spec.epochs, SGD).model
         for name, tensor in model.named_parameters():
             torch.testing.assert_close(state.params[name][member], tensor.detach(), rtol=1e-4, atol=1e-5)
         buffers = dict(model.named_buffers())
