@@ -113,6 +113,25 @@ def matmul_flops_per_second(device: torch.device, repeats: int = 20) -> float:
     return 2 * MATMUL_SIZE**3 / seconds
 
 
+def engine_variants(
+    model_params: dict, model: torch.nn.Module, data: Dataset, batch_size: int, members: int, lr: float,
+    settings: dict, device: torch.device,
+) -> dict[str, tuple[Callable[[], None], int, str]]:
+    """The engine's variants at one batch size: one member, then all members by every strategy
+    the model allows (auto_choice says which one `train.ensemble: auto` takes): name ->
+    (one epoch, members, strategy)."""
+    spec = engine.TrainSpec(batch_size, [0], [lr], 1, **settings)
+    variants = {"engine, 1 member": (engine_epoch_fn(model_params, data, spec, device), 1, "loop")}
+    if members > 1:
+        for strategy in supported_strategies(model):
+            spec = engine.TrainSpec(batch_size, list(range(members)), [lr] * members, 1, **settings,
+                                    strategy=strategy)  # fmt: skip
+            variants[f"engine, {members} members, {strategy}"] = (
+                engine_epoch_fn(model_params, data, spec, device), members, strategy,
+            )  # fmt: skip
+    return variants
+
+
 def benchmark(
     models: list[dict],
     data: Dataset,
@@ -139,20 +158,8 @@ def benchmark(
                     1,
                     "",
                 ),
+                **engine_variants(model_params, model, data, batch_size, members, lr, settings, device),
             }
-            spec = engine.TrainSpec(batch_size, [0], [lr], 1, **settings)
-            variants["engine, 1 member"] = (engine_epoch_fn(model_params, data, spec, device), 1, "loop")
-            if members > 1:
-                # Every way of training the members together that the model allows; auto_choice
-                # says which one `train.ensemble: auto` takes for this model, batch size and device.
-                for strategy in supported_strategies(model):
-                    spec = engine.TrainSpec(batch_size, list(range(members)), [lr] * members, 1, **settings,
-                                            strategy=strategy)  # fmt: skip
-                    variants[f"engine, {members} members, {strategy}"] = (
-                        engine_epoch_fn(model_params, data, spec, device),
-                        members,
-                        strategy,
-                    )
             auto = auto_strategy(model_params, data, members, batch_size, device)
             floor_ms = 1000 * flops_per_epoch(model_params, data, batch_size) / rate
             baseline = None
