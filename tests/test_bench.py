@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 import torch
 
 from batchscale import bench
@@ -27,6 +28,23 @@ def test_flops_of_a_linear_model_are_counted_exactly():
     backward = 2 * forward - 2 * batch * 12 * 4
     per_epoch = (forward + backward) * len(data.x_train) / batch
     assert bench.flops_per_epoch(model, data, batch) == per_epoch
+
+
+def test_the_floor_is_the_fastest_multiply_not_a_median_moved_by_other_load(monkeypatch):
+    # Of a fast, a slow and a middling multiply, the rate is the fast one's.
+    monkeypatch.setattr(bench, "epoch_seconds", lambda *_args: [0.004, 0.001, 0.002])
+    assert bench.matmul_flops_per_second(torch.device("cpu")) == 2 * bench.MATMUL_SIZE**3 / 0.001
+
+
+def test_the_bench_keeps_the_faster_of_the_rates_timed_before_and_after_the_variants(monkeypatch):
+    data, model = tiny(), {"name": "mlp", "hidden": [8]}
+    for before, after in ((1e9, 2e9), (2e9, 1e9)):
+        rates = iter([before, after])
+        monkeypatch.setattr(bench, "matmul_flops_per_second", lambda _device, rates=rates: next(rates))
+        table = bench.benchmark([model], data, [16], members=2, repeats=1, lr=0.01, momentum=0.9,
+                                device=torch.device("cpu"))  # fmt: skip
+        expected = 1000 * bench.flops_per_epoch(model, data, 16) / 2e9
+        assert table["flop_floor_ms"].tolist() == pytest.approx([expected] * len(table))
 
 
 def test_benchmark_table_has_every_variant_with_ratios_against_the_naive_loop():

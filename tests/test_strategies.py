@@ -13,6 +13,7 @@ from conftest import MODELS
 
 
 def test_auto_strategy_packs_members_unless_their_activations_outgrow_a_cpu_cache(monkeypatch):
+    threads = torch.get_num_threads()
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     example = torch.zeros(12)
     cnn, mlp = build_model(MODELS[1], 12, 3), build_model(MODELS[0], 12, 3)
@@ -20,8 +21,16 @@ def test_auto_strategy_packs_members_unless_their_activations_outgrow_a_cpu_cach
     assert strategies.widest_activation(cnn, example) == 20
     per_example = 8 * 20 * 4  # members x values x bytes
     monkeypatch.setattr(strategies, "PACKED_CACHE_BYTES", 64 * per_example)
-    assert resolve_strategy("auto", cnn, 8, 64, cpu, example) == "packed"
-    assert resolve_strategy("auto", cnn, 8, 65, cpu, example) == "loop"
+    assert resolve_strategy("auto", cnn, 8, 64, cpu, example, threads=1) == "packed"
+    assert resolve_strategy("auto", cnn, 8, 65, cpu, example, threads=1) == "loop"
+    # Two threads compute on two cores' caches: the packed layer may be twice as large.
+    assert resolve_strategy("auto", cnn, 8, 128, cpu, example, threads=2) == "packed"
+    assert resolve_strategy("auto", cnn, 8, 129, cpu, example, threads=2) == "loop"
+    torch.set_num_threads(1)  # by default the rule reads torch's own thread count
+    try:
+        assert resolve_strategy("auto", cnn, 8, 65, cpu, example) == "loop"
+    finally:
+        torch.set_num_threads(threads)
     assert resolve_strategy("auto", cnn, 8, 4096, cuda, example) == "packed"  # no such cache limit on a GPU
     assert resolve_strategy("auto", mlp, 1, 32, cpu, example) == "loop"  # one member: nothing to batch
     assert resolve_strategy("vmap", cnn, 8, 4096, cpu, example) == "vmap"  # an explicit choice stands

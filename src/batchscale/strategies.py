@@ -28,8 +28,9 @@ from batchscale.model_traits import can_pack, is_random
 Params = dict[str, torch.Tensor]
 
 STRATEGIES = ("packed", "vmap", "loop")
-# On a CPU, members train one at a time when a packed layer's activations outgrow this: a few
-# MiB, the L2/L3 cache a core can count on (docs/decisions.md has the measurements).
+# On a CPU, members train one at a time when a packed layer's activations outgrow this many
+# bytes per torch thread: a few MiB, the L2/L3 cache a core can count on; each thread's core
+# brings its own (docs/decisions.md has the measurements, at 1 and 2 threads).
 PACKED_CACHE_BYTES = 4 * 2**20
 
 
@@ -199,15 +200,24 @@ def widest_activation(model: nn.Module, example: torch.Tensor) -> int:
 
 
 def resolve_strategy(
-    name: str, model: nn.Module, members: int, batch_size: int, device: torch.device, example: torch.Tensor
+    name: str,
+    model: nn.Module,
+    members: int,
+    batch_size: int,
+    device: torch.device,
+    example: torch.Tensor,
+    threads: int | None = None,
 ) -> str:
     """The strategy `name` (`train.ensemble`) stands for: itself, or what `auto` picks.
 
     `auto` packs wherever the model has a packed form, except on a CPU when one packed layer
-    of all members' activations outgrows the cache (PACKED_CACHE_BYTES): then the loop, whose
-    per-member activations stay in cache, is as fast or faster. A model without a packed form
-    uses vmap; a single member loops. The choice depends only on the setup, never on a
-    timing, so a rerun repeats it.
+    of all members' activations outgrows the cache of the cores torch computes on
+    (PACKED_CACHE_BYTES per thread; `threads` defaults to torch's current count): then the
+    loop, whose per-member activations stay in cache, is as fast or faster. With more threads
+    the packed ops split across more cores and caches while the loop's small ones gain little,
+    so the crossover moves to larger batches. A model without a packed form uses vmap; a
+    single member loops. The choice depends only on the setup, never on a timing, so a rerun
+    repeats it.
     """
     if name == "packed" and not can_pack(model):
         raise ValueError(f"train.ensemble: {type(model).__name__} has no packed form; use vmap or loop")
@@ -224,6 +234,7 @@ def resolve_strategy(
         return "vmap"
     if device.type == "cpu":
         packed_bytes = members * batch_size * widest_activation(model, example) * example.element_size()
-        if packed_bytes > PACKED_CACHE_BYTES:
+        cores = max(1, threads if threads is not None else torch.get_num_threads())
+        if packed_bytes > PACKED_CACHE_BYTES * cores:
             return "loop"
     return "packed"
