@@ -180,6 +180,8 @@ def check_model_factory(params: dict, given: set[str]) -> None:
                     "model.name custom uses model.factory and its kwargs"
                 )
         return
+    # Imported here, as model_traits below: both import torch, which checking a built-in model
+    # does not need (`batchscale check` answers in a fraction of a second without it).
     from batchscale import model_factory
 
     try:

@@ -152,7 +152,9 @@ class Ensemble:
         self.base: nn.Module = copy.deepcopy(models[0]).to("meta").train()
         self.eval_base: nn.Module = copy.deepcopy(models[0]).to("meta").eval()
         self.initial_random_states = random_states if is_random(models[0]) else []
-        self._randomness = MemberRandomness(list(self.initial_random_states), device)
+        # Each member's dropout stream; train_epoch points it at the state's streams, which it
+        # advances in place and which are checkpointed with the state.
+        self._randomness = MemberRandomness([], device)
         self.peak_lrs = torch.tensor(spec.lrs, dtype=torch.float32, device=device)
         example = data.x_train[0]
         # Chosen once: how the members train, and how they are evaluated (evaluation passes
@@ -272,7 +274,7 @@ class Ensemble:
         params = [state.params[n] for n in names]
         buffers = {which: [tensors[n] for n in names] for which, tensors in state.optimizer.items()}
         optimizer = spec.optimizer_spec
-        self._randomness.states = state.random_states  # advanced in place, checkpointed with the state
+        self._randomness.states = state.random_states
         for step in range(steps):
             idx = perms[:, step * spec.batch_size : (step + 1) * spec.batch_size]
             grads, losses = self.member_grads(state.params, state.buffers, x[idx], y[idx])
