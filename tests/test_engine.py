@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from reference_runs import assert_members_are_plain_sgd_runs, eval_loss, momentum_sgd, plain_run
 
+from batchscale import strategies
 from batchscale.data import Dataset
 from batchscale.engine import Ensemble, TrainSpec, train
 from batchscale.models import build_model
@@ -77,6 +78,27 @@ def test_member_k_equals_plain_run_with_seed_k(model_params, strategy):
         strategy=strategy,
     )
     ensemble = Ensemble(model_params, data, spec, torch.device("cpu"))
+    assert_members_are_plain_sgd_runs(train(ensemble, progress=silent()), spec, model_params, data)
+
+
+def test_members_packed_in_groups_that_fit_the_cache_equal_plain_runs(monkeypatch):
+    """Where all members' activations outgrow the cache, `auto` packs as many as fit at a time:
+    five members, two fit, so groups of 2, 2 and 1; member k is still the plain run with seed k."""
+    model_params, data = MODELS[1], tiny_dataset(features=16)
+    model = build_model(model_params, data.in_features, data.num_classes)
+    member_bytes = 24 * strategies.widest_activation(model, data.x_train[0]) * 4
+    monkeypatch.setattr(strategies, "PACKED_CACHE_BYTES", 2 * member_bytes)
+    spec = TrainSpec(batch_size=24, seeds=[1, 2, 3, 4, 5], lrs=[0.05, 0.04, 0.03, 0.02, 0.01], epochs=3,
+                     momentum=0.9, strategy="auto")  # fmt: skip
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the cache of one core
+    try:
+        ensemble = Ensemble(model_params, data, spec, torch.device("cpu"))
+    finally:
+        torch.set_num_threads(threads)
+    assert (ensemble.strategy, ensemble.packed_group, ensemble.strategy_label) == (
+        "packed", 2, "packed in groups of 2"
+    )
     assert_members_are_plain_sgd_runs(train(ensemble, progress=silent()), spec, model_params, data)
 
 

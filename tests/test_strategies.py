@@ -21,22 +21,31 @@ def test_auto_strategy_packs_members_unless_their_activations_outgrow_a_cpu_cach
     assert strategies.widest_activation(cnn, example) == 20
     per_example = 8 * 20 * 4  # members x values x bytes
     monkeypatch.setattr(strategies, "PACKED_CACHE_BYTES", 64 * per_example)
+    group = lambda batch, threads=1: strategies.packed_group(cnn, 8, batch, cpu, example, threads)  # noqa: E731
+    # All 8 members' layer fits at 64 examples; at 65 six do, and 8 go in two groups of 4; at
+    # 8 x 64 examples one member's layer fills the cache, and above it not one fits.
+    assert (group(64), group(65), group(128), group(8 * 64), group(8 * 64 + 1)) == (8, 4, 4, 1, 1)
+    assert group(150) == 3  # three fit: 3 + 3 + 2, nearly equal groups
     assert resolve_strategy("auto", cnn, 8, 64, cpu, example, threads=1) == "packed"
-    assert resolve_strategy("auto", cnn, 8, 65, cpu, example, threads=1) == "loop"
+    assert resolve_strategy("auto", cnn, 8, 65, cpu, example, threads=1) == "packed"  # in groups
+    assert resolve_strategy("auto", cnn, 8, 4 * 64 + 1, cpu, example, threads=1) == "loop"  # not two fit
     # Two threads compute on two cores' caches: the packed layer may be twice as large.
-    assert resolve_strategy("auto", cnn, 8, 128, cpu, example, threads=2) == "packed"
-    assert resolve_strategy("auto", cnn, 8, 129, cpu, example, threads=2) == "loop"
+    assert (group(128, threads=2), group(129, threads=2)) == (8, 4)
+    assert resolve_strategy("auto", cnn, 8, 4 * 64 + 1, cpu, example, threads=2) == "packed"
     torch.set_num_threads(1)  # by default the rule reads torch's own thread count
     try:
-        assert resolve_strategy("auto", cnn, 8, 65, cpu, example) == "loop"
+        assert strategies.packed_group(cnn, 8, 65, cpu, example) == 4
     finally:
         torch.set_num_threads(threads)
+    assert strategies.packed_group(cnn, 8, 4096, cuda, example) == 8
+    assert strategies.describe("packed", 4, 8) == "packed in groups of 4"
+    assert strategies.describe("packed", 8, 8) == "packed" and strategies.describe("loop", 1, 8) == "loop"
     assert resolve_strategy("auto", cnn, 8, 4096, cuda, example) == "packed"  # no such cache limit on a GPU
     assert resolve_strategy("auto", mlp, 1, 32, cpu, example) == "loop"  # one member: nothing to batch
     assert resolve_strategy("vmap", cnn, 8, 4096, cpu, example) == "vmap"  # an explicit choice stands
 
 
-def test_the_three_strategies_compute_the_same_gradients_and_logits():
+def test_the_strategies_compute_the_same_gradients_and_logits():
     from torch.func import stack_module_state
 
     members, batch = 3, 5
@@ -57,9 +66,14 @@ def test_the_three_strategies_compute_the_same_gradients_and_logits():
             )
             for name in strategies.STRATEGIES
         }
+        # Packed two members at a time: a group of 2 and a group of 1.
+        grouped = strategies.make_strategy("packed", base, members, group=2)
+        results["packed in groups"] = (
+            grouped.gradients(params, buffers, x, y), grouped.logits(params, buffers, x[0])
+        )
+        assert all(strategies.make_strategy(n, base, members).name == n for n in strategies.STRATEGIES)
         (ref_grads, ref_losses), ref_logits = results["loop"]
         for name, ((grads, losses), logits) in results.items():
-            assert strategies.make_strategy(name, base, members).name == name
             torch.testing.assert_close(losses, ref_losses, msg=f"{name} losses")
             torch.testing.assert_close(logits, ref_logits, msg=f"{name} logits")
             for key in ref_grads:

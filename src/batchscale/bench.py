@@ -95,9 +95,9 @@ def supported_strategies(model: torch.nn.Module) -> list[str]:
 
 
 def auto_strategy(model_params: dict, data: Dataset, members: int, batch_size: int, device) -> str:
-    """The strategy `train.ensemble: auto` picks for this setup."""
-    model = build_model(model_params, data.in_features, data.num_classes)
-    return engine.resolve_strategy("auto", model, members, batch_size, device, data.x_train[0])
+    """The strategy `train.ensemble: auto` picks for this setup, as the bench names it."""
+    spec = engine.TrainSpec(batch_size, list(range(members)), [0.01] * members, 1, 0.9)
+    return engine.Ensemble(model_params, data, spec, device).strategy_label
 
 
 def flops_per_epoch(model_params: dict, data: Dataset, batch_size: int) -> float:
@@ -130,11 +130,15 @@ def engine_variants(
     spec = engine.TrainSpec(batch_size, [0], [lr], 1, **settings)
     variants = {"engine, 1 member": (engine_epoch_fn(model_params, data, spec, device), 1, "loop")}
     if members > 1:
-        for strategy in supported_strategies(model):
+        # Every strategy with all members at once, and auto's packing in groups where it groups.
+        auto = auto_strategy(model_params, data, members, batch_size, device)
+        strategies = supported_strategies(model) + ([] if auto in engine.STRATEGIES else ["auto"])
+        for strategy in strategies:
             spec = engine.TrainSpec(batch_size, list(range(members)), [lr] * members, 1, **settings,
                                     strategy=strategy)  # fmt: skip
-            variants[f"engine, {members} members, {strategy}"] = (
-                engine_epoch_fn(model_params, data, spec, device), members, strategy,
+            label = auto if strategy == "auto" else strategy
+            variants[f"engine, {members} members, {label}"] = (
+                engine_epoch_fn(model_params, data, spec, device), members, label,
             )  # fmt: skip
     return variants
 

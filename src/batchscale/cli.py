@@ -101,7 +101,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         "optimizer": {"name": spec.optimizer, "betas": list(spec.betas), "eps": spec.eps},
         "seeds": list(params["train"]["seeds"]),
         "device": str(device),
-        "ensemble": ensemble.strategy,
+        "ensemble": ensemble.strategy_label,
         "threads": args.threads,
         "train_seconds": time.perf_counter() - started,
         **peak_memory_mb(device),

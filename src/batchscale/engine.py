@@ -39,9 +39,11 @@ from batchscale.strategies import (
     is_random,
     make_strategy,
     member_loss,
+    packed_group,
     resolve_strategy,
     widest_activation,
 )
+from batchscale.strategies import describe as describe_strategy
 
 # Importable from here as before: the CLI, the bench and the tests name them as engine's.
 __all__ = ["STRATEGIES", "can_pack", "resolve_device", "resolve_strategy", "widest_activation"]
@@ -159,22 +161,32 @@ class Ensemble:
         example = data.x_train[0]
         # Chosen once: how the members train, and how they are evaluated (evaluation passes
         # whole data sets, a far larger batch than training's).
-        self.strategy = resolve_strategy(
-            spec.strategy, models[0], len(models), spec.batch_size, device, example
-        )
+        self.strategy, self.packed_group = self._choose(models[0], spec.batch_size, example)
         eval_batch = min(len(data.x_val), EVAL_CHUNK)
-        self.eval_strategy = resolve_strategy(
-            spec.strategy, models[0], len(models), eval_batch, device, example
-        )
+        self.eval_strategy, eval_group = self._choose(models[0], eval_batch, example)
         randomness = self._randomness if self.initial_random_states else None
-        self._training = make_strategy(self.strategy, self.base, len(models), randomness)
-        self._evaluation = make_strategy(self.eval_strategy, self.eval_base, len(models))
+        self._training = make_strategy(self.strategy, self.base, len(models), randomness, self.packed_group)
+        self._evaluation = make_strategy(self.eval_strategy, self.eval_base, len(models), group=eval_group)
         # Per-example gradients of every member: members outside, examples inside.
         self._per_example_grads = vmap(vmap(grad(self._example_loss), in_dims=(None, None, 0, 0)))
 
     @property
     def members(self) -> int:
         return len(self.spec.seeds)
+
+    def _choose(self, model: nn.Module, batch_size: int, example: torch.Tensor) -> tuple[str, int]:
+        """The strategy for steps of `batch_size` examples, and the members one packed step takes
+        (`auto` may pack in groups that fit the cache; an explicit `packed` takes all)."""
+        members = self.members
+        name = resolve_strategy(self.spec.strategy, model, members, batch_size, self.device, example)
+        if name == "packed" and self.spec.strategy == "auto":
+            return name, packed_group(model, members, batch_size, self.device, example)
+        return name, members
+
+    @property
+    def strategy_label(self) -> str:
+        """How the members train, as summary.json and jobs.csv name it."""
+        return describe_strategy(self.strategy, self.packed_group, self.members)
 
     def _example_loss(self, params, buffers, x, y):
         # Eval mode: one example has no batch statistics, and the measurement draws no masks.

@@ -15,6 +15,7 @@ chooses as it does is measured in docs/decisions.md ("How the members train toge
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Protocol
 
 import torch
@@ -47,6 +48,11 @@ def _member(tensors: Params, m: int) -> Params:
     return {name: t[m] for name, t in tensors.items()}
 
 
+def _members(tensors: Params, group: slice) -> Params:
+    """The stacked tensors of the members in `group` (views)."""
+    return {name: t[group] for name, t in tensors.items()}
+
+
 class MemberStrategy(Protocol):
     """Every member at once; tensors are stacked over members (dimension 0)."""
 
@@ -63,12 +69,28 @@ class MemberStrategy(Protocol):
 
 
 class Packed:
+    """All members as one wide model, or `group` members at a time (`packed_group`): groups
+    small enough for the cache keep the packed ops' few large kernels, where the loop would pay
+    every op once per member."""
+
     name = "packed"
 
-    def __init__(self, base: nn.Module, members: int):
+    def __init__(self, base: nn.Module, members: int, group: int | None = None):
         self.base, self.members = base, members
+        self.group = min(group or members, members)
+
+    def _groups(self) -> list[slice]:
+        starts = range(0, self.members, self.group)
+        return [slice(start, min(start + self.group, self.members)) for start in starts]
 
     def gradients(self, params, buffers, x, y):
+        if self.group == self.members:
+            return self._gradients(params, x, y)
+        parts = [self._gradients(_members(params, g), x[g], y[g]) for g in self._groups()]
+        grads = {name: torch.cat([part[name] for part, _ in parts]) for name in params}
+        return grads, torch.cat([losses for _, losses in parts])
+
+    def _gradients(self, params, x, y):
         leaves = {name: p.detach().requires_grad_() for name, p in params.items()}
         with torch.enable_grad():
             losses = packed.member_losses(self.base.forward_packed(leaves, x), y)
@@ -76,7 +98,10 @@ class Packed:
         return dict(zip(leaves, grads, strict=True)), losses.detach()
 
     def logits(self, params, buffers, x):
-        return self.base.forward_packed(params, x.expand(self.members, *x.shape))
+        if self.group == self.members:
+            return self.base.forward_packed(params, x.expand(self.members, *x.shape))
+        return torch.cat([self.base.forward_packed(_members(params, g), x.expand(g.stop - g.start, *x.shape))
+                          for g in self._groups()])  # fmt: skip
 
 
 class Vmapped:
@@ -168,13 +193,25 @@ _BY_NAME = {cls.name: cls for cls in (Packed, Vmapped, Looped)}
 
 
 def make_strategy(
-    name: str, base: nn.Module, members: int, randomness: MemberRandomness | None = None
+    name: str,
+    base: nn.Module,
+    members: int,
+    randomness: MemberRandomness | None = None,
+    group: int | None = None,
 ) -> MemberStrategy:
     """The strategy object `resolve_strategy` named, for `members` copies of `base`; a model
-    with train-mode randomness gets each member's own stream (`randomness`, loop only)."""
+    with train-mode randomness gets each member's own stream (`randomness`, loop only); packed
+    takes `group` members at a time (default: all)."""
     if name == "loop":
         return Looped(base, members, randomness)
+    if name == "packed":
+        return Packed(base, members, group)
     return _BY_NAME[name](base, members)
+
+
+def describe(name: str, group: int, members: int) -> str:
+    """A strategy as summary.json, jobs.csv and the bench name it: packed in groups says so."""
+    return f"packed in groups of {group}" if name == "packed" and group < members else name
 
 
 
@@ -210,14 +247,13 @@ def resolve_strategy(
 ) -> str:
     """The strategy `name` (`train.ensemble`) stands for: itself, or what `auto` picks.
 
-    `auto` packs wherever the model has a packed form, except on a CPU when one packed layer
-    of all members' activations outgrows the cache of the cores torch computes on
-    (PACKED_CACHE_BYTES per thread; `threads` defaults to torch's current count): then the
-    loop, whose per-member activations stay in cache, is as fast or faster. With more threads
-    the packed ops split across more cores and caches while the loop's small ones gain little,
-    so the crossover moves to larger batches. A model without a packed form uses vmap; a
-    single member loops. The choice depends only on the setup, never on a timing, so a rerun
-    repeats it.
+    `auto` packs wherever the model has a packed form; on a CPU, where one packed layer of all
+    members' activations outgrows the cache of the cores torch computes on, it packs as many
+    at a time as fit (`packed_group`), and loops when not two do: the loop's per-member
+    activations stay in cache, but it pays every op once per member. With more threads the
+    packed ops split across more cores and caches while the loop's small ones gain little, so
+    the cache counts once per thread. A model without a packed form uses vmap; a single member
+    loops. The choice depends only on the setup, never on a timing, so a rerun repeats it.
     """
     if name == "packed" and not can_pack(model):
         raise ValueError(f"train.ensemble: {type(model).__name__} has no packed form; use vmap or loop")
@@ -232,9 +268,24 @@ def resolve_strategy(
         return "loop"
     if not can_pack(model):
         return "vmap"
-    if device.type == "cpu":
-        packed_bytes = members * batch_size * widest_activation(model, example) * example.element_size()
-        cores = max(1, threads if threads is not None else torch.get_num_threads())
-        if packed_bytes > PACKED_CACHE_BYTES * cores:
-            return "loop"
-    return "packed"
+    return "packed" if packed_group(model, members, batch_size, device, example, threads) > 1 else "loop"
+
+
+def packed_group(
+    model: nn.Module,
+    members: int,
+    batch_size: int,
+    device: torch.device,
+    example: torch.Tensor,
+    threads: int | None = None,
+) -> int:
+    """How many members one packed step of `auto` takes: all of them on a GPU; on a CPU as many
+    as keep one packed layer of their activations within the cache of the cores torch computes
+    on (PACKED_CACHE_BYTES per thread; `threads` defaults to torch's count), in groups of nearly
+    equal size (8 members of which 6 fit go 4 + 4). 1: not two fit, and the loop is as fast."""
+    if device.type != "cpu":
+        return members
+    member_bytes = batch_size * widest_activation(model, example) * example.element_size()
+    cores = max(1, threads if threads is not None else torch.get_num_threads())
+    fit = max(1, PACKED_CACHE_BYTES * cores // member_bytes)
+    return math.ceil(members / math.ceil(members / fit))
