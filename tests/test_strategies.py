@@ -38,6 +38,10 @@ def test_auto_strategy_packs_members_unless_their_activations_outgrow_a_cpu_cach
     finally:
         torch.set_num_threads(threads)
     assert strategies.packed_group(cnn, 8, 4096, cuda, example) == 8
+    # Where not all fit, a member whose layer is large enough for ops of its own loops.
+    monkeypatch.setattr(strategies, "LOOP_MEMBER_BYTES", 100 * 20 * 4)
+    assert (group(99), group(100), group(64)) == (4, 1, 8)
+    assert resolve_strategy("auto", cnn, 8, 100, cpu, example, threads=1) == "loop"
     assert strategies.describe("packed", 4, 8) == "packed in groups of 4"
     assert strategies.describe("packed", 8, 8) == "packed" and strategies.describe("loop", 1, 8) == "loop"
     assert resolve_strategy("auto", cnn, 8, 4096, cuda, example) == "packed"  # no such cache limit on a GPU

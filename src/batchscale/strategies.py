@@ -29,10 +29,16 @@ from batchscale.model_traits import can_pack, is_random
 Params = dict[str, torch.Tensor]
 
 STRATEGIES = ("packed", "vmap", "loop")
-# On a CPU, members train one at a time when a packed layer's activations outgrow this many
-# bytes per torch thread: a few MiB, the L2/L3 cache a core can count on; each thread's core
-# brings its own (docs/decisions.md has the measurements, at 1 and 2 threads).
+# On a CPU, `auto` packs at most as many members at a time as keep one packed layer's
+# activations within this many bytes per torch thread: a few MiB, the L2/L3 cache a core can
+# count on; each thread's core brings its own (docs/decisions.md has the measurements).
 PACKED_CACHE_BYTES = 4 * 2**20
+# Where not all members fit, a member whose layer holds at least this many bytes loops: its ops
+# are large enough to pay for their own dispatch. Packing the default study's B=256 jobs 4 + 4
+# (622 KB a member) was 1.16x faster alone but no faster two jobs at a time, and would have
+# changed their numbers; the tuned sweep's 40 members at B=64 and B=128 (155 and 311 KB) train
+# 2.2x and 1.5x faster in groups than looped (docs/decisions.md).
+LOOP_MEMBER_BYTES = 512 * 2**10
 
 
 def member_loss(base: nn.Module, params: Params, buffers: Params, x: torch.Tensor, y: torch.Tensor):
@@ -249,11 +255,12 @@ def resolve_strategy(
 
     `auto` packs wherever the model has a packed form; on a CPU, where one packed layer of all
     members' activations outgrows the cache of the cores torch computes on, it packs as many
-    at a time as fit (`packed_group`), and loops when not two do: the loop's per-member
-    activations stay in cache, but it pays every op once per member. With more threads the
-    packed ops split across more cores and caches while the loop's small ones gain little, so
-    the cache counts once per thread. A model without a packed form uses vmap; a single member
-    loops. The choice depends only on the setup, never on a timing, so a rerun repeats it.
+    at a time as fit (`packed_group`), and loops when not two do or when one member's ops are
+    large: the loop's per-member activations stay in cache, but it pays every op once per
+    member. With more threads the packed ops split across more cores and caches while the
+    loop's small ones gain little, so the cache counts once per thread. A model without a
+    packed form uses vmap; a single member loops. The choice depends only on the setup, never
+    on a timing, so a rerun repeats it.
     """
     if name == "packed" and not can_pack(model):
         raise ValueError(f"train.ensemble: {type(model).__name__} has no packed form; use vmap or loop")
@@ -282,10 +289,13 @@ def packed_group(
     """How many members one packed step of `auto` takes: all of them on a GPU; on a CPU as many
     as keep one packed layer of their activations within the cache of the cores torch computes
     on (PACKED_CACHE_BYTES per thread; `threads` defaults to torch's count), in groups of nearly
-    equal size (8 members of which 6 fit go 4 + 4). 1: not two fit, and the loop is as fast."""
+    equal size (8 members of which 6 fit go 4 + 4). 1, the loop: not two fit, or not all do and
+    one member's layer is large enough for ops of its own (LOOP_MEMBER_BYTES)."""
     if device.type != "cpu":
         return members
     member_bytes = batch_size * widest_activation(model, example) * example.element_size()
     cores = max(1, threads if threads is not None else torch.get_num_threads())
     fit = max(1, PACKED_CACHE_BYTES * cores // member_bytes)
+    if fit < members and member_bytes >= LOOP_MEMBER_BYTES:
+        return 1
     return math.ceil(members / math.ceil(members / fit))
