@@ -12,7 +12,7 @@ from batchscale.strategies import resolve_strategy
 from conftest import MODELS
 
 
-def test_auto_strategy_packs_members_unless_their_activations_outgrow_a_cpu_cache(monkeypatch):
+def test_auto_strategy_packs_as_many_members_at_a_time_as_a_cpu_cache_holds(monkeypatch):
     threads = torch.get_num_threads()
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     example = torch.zeros(12)
