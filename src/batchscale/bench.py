@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.flop_counter import FlopCounterMode
 
-from batchscale import engine
+from batchscale import engine, strategies
 from batchscale.data import Dataset
 from batchscale.devices import synchronize
 from batchscale.model_traits import is_random
@@ -96,8 +96,9 @@ def supported_strategies(model: torch.nn.Module) -> list[str]:
 
 def auto_strategy(model_params: dict, data: Dataset, members: int, batch_size: int, device) -> str:
     """The strategy `train.ensemble: auto` picks for this setup, as the bench names it."""
-    spec = engine.TrainSpec(batch_size, list(range(members)), [0.01] * members, 1, 0.9)
-    return engine.Ensemble(model_params, data, spec, device).strategy_label
+    model = build_model(model_params, data.in_features, data.num_classes)
+    name, group = strategies.choose("auto", model, members, batch_size, device, data.x_train[0])
+    return strategies.describe(name, group, members)
 
 
 def flops_per_epoch(model_params: dict, data: Dataset, batch_size: int) -> float:

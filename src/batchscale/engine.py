@@ -35,11 +35,11 @@ from batchscale.strategies import (
     STRATEGIES,
     MemberRandomness,
     can_pack,
+    choose,
     generator_state,
     is_random,
     make_strategy,
     member_loss,
-    packed_group,
     resolve_strategy,
     widest_activation,
 )
@@ -161,27 +161,20 @@ class Ensemble:
         example = data.x_train[0]
         # Chosen once: how the members train, and how they are evaluated (evaluation passes
         # whole data sets, a far larger batch than training's).
-        self.strategy, self.packed_group = self._choose(models[0], spec.batch_size, example)
-        eval_batch = min(len(data.x_val), EVAL_CHUNK)
-        self.eval_strategy, eval_group = self._choose(models[0], eval_batch, example)
+        members, eval_batch = len(models), min(len(data.x_val), EVAL_CHUNK)
+        self.strategy, self.packed_group = choose(spec.strategy, models[0], members, spec.batch_size, device,
+                                                  example)  # fmt: skip
+        self.eval_strategy, eval_group = choose(spec.strategy, models[0], members, eval_batch, device,
+                                                example)  # fmt: skip
         randomness = self._randomness if self.initial_random_states else None
-        self._training = make_strategy(self.strategy, self.base, len(models), randomness, self.packed_group)
-        self._evaluation = make_strategy(self.eval_strategy, self.eval_base, len(models), group=eval_group)
+        self._training = make_strategy(self.strategy, self.base, members, randomness, self.packed_group)
+        self._evaluation = make_strategy(self.eval_strategy, self.eval_base, members, group=eval_group)
         # Per-example gradients of every member: members outside, examples inside.
         self._per_example_grads = vmap(vmap(grad(self._example_loss), in_dims=(None, None, 0, 0)))
 
     @property
     def members(self) -> int:
         return len(self.spec.seeds)
-
-    def _choose(self, model: nn.Module, batch_size: int, example: torch.Tensor) -> tuple[str, int]:
-        """The strategy for steps of `batch_size` examples, and the members one packed step takes
-        (`auto` may pack in groups that fit the cache; an explicit `packed` takes all)."""
-        members = self.members
-        name = resolve_strategy(self.spec.strategy, model, members, batch_size, self.device, example)
-        if name == "packed" and self.spec.strategy == "auto":
-            return name, packed_group(model, members, batch_size, self.device, example)
-        return name, members
 
     @property
     def strategy_label(self) -> str:

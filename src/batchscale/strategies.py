@@ -215,6 +215,17 @@ def make_strategy(
     return _BY_NAME[name](base, members)
 
 
+def choose(
+    name: str, model: nn.Module, members: int, batch_size: int, device: torch.device, example: torch.Tensor
+) -> tuple[str, int]:
+    """The strategy `name` stands for (`resolve_strategy`) and the members one packed step takes:
+    `packed_group` under auto, all of them otherwise (an explicit `packed` packs every member)."""
+    resolved = resolve_strategy(name, model, members, batch_size, device, example)
+    if resolved == "packed" and name == "auto":
+        return resolved, packed_group(model, members, batch_size, device, example)
+    return resolved, members
+
+
 def describe(name: str, group: int, members: int) -> str:
     """A strategy as summary.json, jobs.csv and the bench name it: packed in groups says so."""
     return f"packed in groups of {group}" if name == "packed" and group < members else name
