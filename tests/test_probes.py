@@ -388,3 +388,36 @@ def test_member_params_picks_one_member_of_a_stacked_ensemble():
     stacked = {"w": torch.arange(12.0).view(3, 2, 2), "b": torch.arange(6.0).view(3, 2)}
     member = member_params(stacked, 1)
     assert torch.equal(member["w"], stacked["w"][1]) and torch.equal(member["b"], stacked["b"][1])
+
+
+def test_training_and_probing_the_default_kind_of_model_never_import_torch_dynamo(tmp_path):
+    """torch.func's first `grad` call imports torch._dynamo: about 2 s in every training and
+    probe job. A model with a packed form gets its per-example gradients, Hessian-vector
+    products and ascent steps from plain autograd, so a fresh process never imports it."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        """
+        import io, sys, torch
+        from batchscale import engine, probes
+        from batchscale.data import Dataset
+        from batchscale.progress import EpochProgress
+
+        g = torch.Generator().manual_seed(0)
+        x, y = torch.randn(80, 12, generator=g), torch.randint(0, 3, (80,), generator=g)
+        data = Dataset(x[:64], y[:64], x[64:], y[64:], num_classes=3)
+        spec = engine.TrainSpec(batch_size=16, seeds=[0, 1], lrs=[0.01, 0.01], epochs=2, momentum=0.9)
+        ensemble = engine.Ensemble({"name": "cnn1d", "channels": 2}, data, spec, torch.device("cpu"))
+        state = engine.train(ensemble, progress=EpochProgress(2, stream=io.StringIO(), interactive=False))
+        params, x, y = probes.member_params(state.params, 0), data.x_train, data.y_train
+        probes.top_hessian_eigenvalue(ensemble.eval_base, params, {}, x, y, iters=5)
+        probes.epsilon_sharpness(ensemble.eval_base, params, {}, x, y, steps=3)
+        probes.gradient_noise_scale(ensemble.eval_base, params, {}, x[:8], y[:8])
+        print("torch._dynamo" in sys.modules)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"

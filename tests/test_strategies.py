@@ -82,3 +82,25 @@ def test_the_strategies_compute_the_same_gradients_and_logits():
             torch.testing.assert_close(logits, ref_logits, msg=f"{name} logits")
             for key in ref_grads:
                 torch.testing.assert_close(grads[key], ref_grads[key], msg=f"{name} gradient of {key}")
+
+
+def test_example_gradients_are_each_members_backward_pass_on_each_example_alone():
+    from torch.func import stack_module_state
+
+    members, examples = 2, 3
+    for model_params in MODELS:
+        models = []
+        for seed in range(members):
+            torch.manual_seed(seed)
+            models.append(build_model(model_params, 12, 3))
+        params = {k: v.detach() for k, v in stack_module_state(models)[0].items()}
+        x = torch.randn(members, examples, 12, generator=torch.Generator().manual_seed(1))
+        y = torch.randint(0, 3, (members, examples), generator=torch.Generator().manual_seed(2))
+        got = strategies.example_gradients(models[0].to("meta"), params, x, y)
+        for m in range(members):
+            for i in range(examples):
+                model = build_model(model_params, 12, 3)
+                model.load_state_dict({k: v[m] for k, v in params.items()})
+                torch.nn.functional.cross_entropy(model(x[m, i : i + 1]), y[m, i : i + 1]).backward()
+                for name, parameter in model.named_parameters():
+                    torch.testing.assert_close(got[name][m, i], parameter.grad, msg=f"{name} [{m}, {i}]")

@@ -36,6 +36,7 @@ from batchscale.strategies import (
     MemberRandomness,
     can_pack,
     choose,
+    example_gradients,
     generator_state,
     is_random,
     make_strategy,
@@ -169,8 +170,9 @@ class Ensemble:
         randomness = self._randomness if self.initial_random_states else None
         self._training = make_strategy(self.strategy, self.base, members, randomness, self.packed_group)
         self._evaluation = make_strategy(self.eval_strategy, self.eval_base, members, group=eval_group)
-        # Per-example gradients of every member: members outside, examples inside.
-        self._per_example_grads = vmap(vmap(grad(self._example_loss), in_dims=(None, None, 0, 0)))
+        # Per-example gradients of every member (members outside, examples inside): one packed
+        # pass where the model has a packed form (`example_gradients`), else torch.func.
+        self._vmapped_example_grads = vmap(vmap(grad(self._example_loss), in_dims=(None, None, 0, 0)))
 
     @property
     def members(self) -> int:
@@ -184,6 +186,12 @@ class Ensemble:
     def _example_loss(self, params, buffers, x, y):
         # Eval mode: one example has no batch statistics, and the measurement draws no masks.
         return member_loss(self.eval_base, params, buffers, x.unsqueeze(0), y.unsqueeze(0))
+
+    def example_grads(self, params, buffers, x, y) -> dict[str, torch.Tensor]:
+        """Every member's gradient on each of its examples x[m, i] alone: {name: (M, E, ...)}."""
+        if can_pack(self.eval_base):
+            return example_gradients(self.eval_base, params, x, y)
+        return self._vmapped_example_grads(params, buffers, x, y)
 
     def member_grads(self, params, buffers, x, y) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Every member's gradient of its mean loss on its own batch (x[m], y[m]), stacked like
@@ -251,9 +259,8 @@ class Ensemble:
         1 GB of memory at B=4000, more than the training step itself.
         """
         sample = perms[:, : min(self.spec.batch_size, COMPETITION_SAMPLE)]
-        grads = self._per_example_grads(
-            state.params, state.buffers, self.data.x_train[sample], self.data.y_train[sample]
-        )
+        x, y = self.data.x_train[sample], self.data.y_train[sample]
+        grads = self.example_grads(state.params, state.buffers, x, y)
         flat = torch.cat([g.flatten(2) for g in grads.values()], dim=2)  # members, examples, weights
         return flat.norm(dim=2).mean(1)
 

@@ -110,6 +110,27 @@ class Packed:
                           for g in self._groups()])  # fmt: skip
 
 
+def example_gradients(base: nn.Module, params: Params, x: torch.Tensor, y: torch.Tensor) -> Params:
+    """Each member's gradient of its loss on each of its examples alone, for a model with a
+    packed form: params stacked (M, ...), x (M, E, ...), y (M, E) -> {name: (M, E, ...)}.
+
+    Every (member, example) pair becomes a member of one packed model with a batch of one, so
+    this is one packed forward and backward pass of plain autograd. `vmap(grad(...))` gives
+    the same numbers to float rounding, but torch.func's first `grad` call imports
+    torch._dynamo, about 2 s in every process that calls it (docs/decisions.md, "Per-example
+    gradients and the Hessian without torch.func").
+    """
+    members, examples = y.shape
+    pairs = members * examples
+    expanded = {
+        name: p.unsqueeze(1).expand(members, examples, *p.shape[1:]).reshape(pairs, *p.shape[1:])
+        for name, p in params.items()
+    }
+    one_each = x.reshape(pairs, 1, *x.shape[2:]), y.reshape(pairs, 1)
+    grads, _ = Packed(base, pairs).gradients(expanded, {}, *one_each)
+    return {name: g.view(members, examples, *g.shape[1:]) for name, g in grads.items()}
+
+
 class Vmapped:
     name = "vmap"
 
