@@ -12,6 +12,18 @@ from batchscale.strategies import resolve_strategy
 from conftest import MODELS
 
 
+def seeded_members(model_params: dict, members: int) -> tuple[list[torch.nn.Module], dict, dict]:
+    """One model per seed 0..members-1, and their parameters (detached) and buffers stacked."""
+    from torch.func import stack_module_state
+
+    models = []
+    for seed in range(members):
+        torch.manual_seed(seed)
+        models.append(build_model(model_params, 12, 3))
+    params, buffers = stack_module_state(models)
+    return models, {k: v.detach() for k, v in params.items()}, buffers
+
+
 def test_auto_strategy_packs_as_many_members_at_a_time_as_a_cpu_cache_holds(monkeypatch):
     threads = torch.get_num_threads()
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
@@ -50,16 +62,9 @@ def test_auto_strategy_packs_as_many_members_at_a_time_as_a_cpu_cache_holds(monk
 
 
 def test_the_strategies_compute_the_same_gradients_and_logits():
-    from torch.func import stack_module_state
-
     members, batch = 3, 5
     for model_params in MODELS:
-        models = []
-        for seed in range(members):
-            torch.manual_seed(seed)
-            models.append(build_model(model_params, 12, 3))
-        params, buffers = stack_module_state(models)
-        params = {k: v.detach() for k, v in params.items()}
+        models, params, buffers = seeded_members(model_params, members)
         base = models[0].to("meta")
         x = torch.randn(members, batch, 12, generator=torch.Generator().manual_seed(1))
         y = torch.randint(0, 3, (members, batch), generator=torch.Generator().manual_seed(2))
@@ -85,18 +90,12 @@ def test_the_strategies_compute_the_same_gradients_and_logits():
 
 
 def test_example_gradients_are_each_members_backward_pass_on_each_example_alone():
-    from torch.func import stack_module_state
-
     members, examples = 2, 3
     for model_params in MODELS:
-        models = []
-        for seed in range(members):
-            torch.manual_seed(seed)
-            models.append(build_model(model_params, 12, 3))
-        params = {k: v.detach() for k, v in stack_module_state(models)[0].items()}
+        models, params, _ = seeded_members(model_params, members)
         x = torch.randn(members, examples, 12, generator=torch.Generator().manual_seed(1))
         y = torch.randint(0, 3, (members, examples), generator=torch.Generator().manual_seed(2))
-        got = strategies.example_gradients(models[0].to("meta"), params, x, y)
+        got = strategies.example_gradients(models[0].to("meta"), params, {}, x, y)
         for m in range(members):
             for i in range(examples):
                 model = build_model(model_params, 12, 3)

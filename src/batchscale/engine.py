@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 import torch
 from torch import nn
-from torch.func import grad, stack_module_state, vmap
+from torch.func import stack_module_state
 
 from batchscale import optimizers, packed
 from batchscale.data import Dataset
@@ -40,7 +40,6 @@ from batchscale.strategies import (
     generator_state,
     is_random,
     make_strategy,
-    member_loss,
     resolve_strategy,
     widest_activation,
 )
@@ -170,9 +169,6 @@ class Ensemble:
         randomness = self._randomness if self.initial_random_states else None
         self._training = make_strategy(self.strategy, self.base, members, randomness, self.packed_group)
         self._evaluation = make_strategy(self.eval_strategy, self.eval_base, members, group=eval_group)
-        # Per-example gradients of every member (members outside, examples inside): one packed
-        # pass where the model has a packed form (`example_gradients`), else torch.func.
-        self._vmapped_example_grads = vmap(vmap(grad(self._example_loss), in_dims=(None, None, 0, 0)))
 
     @property
     def members(self) -> int:
@@ -182,16 +178,6 @@ class Ensemble:
     def strategy_label(self) -> str:
         """How the members train, as summary.json and jobs.csv name it."""
         return describe_strategy(self.strategy, self.packed_group, self.members)
-
-    def _example_loss(self, params, buffers, x, y):
-        # Eval mode: one example has no batch statistics, and the measurement draws no masks.
-        return member_loss(self.eval_base, params, buffers, x.unsqueeze(0), y.unsqueeze(0))
-
-    def example_grads(self, params, buffers, x, y) -> dict[str, torch.Tensor]:
-        """Every member's gradient on each of its examples x[m, i] alone: {name: (M, E, ...)}."""
-        if can_pack(self.eval_base):
-            return example_gradients(self.eval_base, params, x, y)
-        return self._vmapped_example_grads(params, buffers, x, y)
 
     def member_grads(self, params, buffers, x, y) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Every member's gradient of its mean loss on its own batch (x[m], y[m]), stacked like
@@ -260,7 +246,8 @@ class Ensemble:
         """
         sample = perms[:, : min(self.spec.batch_size, COMPETITION_SAMPLE)]
         x, y = self.data.x_train[sample], self.data.y_train[sample]
-        grads = self.example_grads(state.params, state.buffers, x, y)
+        # Eval mode: one example has no batch statistics, and the measurement draws no masks.
+        grads = example_gradients(self.eval_base, state.params, state.buffers, x, y)
         flat = torch.cat([g.flatten(2) for g in grads.values()], dim=2)  # members, examples, weights
         return flat.norm(dim=2).mean(1)
 

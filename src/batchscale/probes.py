@@ -26,9 +26,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, grad, vmap
+from torch.func import functional_call
 
-from batchscale.model_traits import can_pack
 from batchscale.strategies import example_gradients
 
 Params = dict[str, torch.Tensor]
@@ -69,6 +68,11 @@ def _randn_like(params: Params, generator: torch.Generator) -> Params:
 def _axpy(alpha: float, x: Params, y: Params) -> Params:
     """y + alpha * x, a new dict."""
     return {name: y[name] + alpha * x[name] for name in y}
+
+
+def _one_member(tensors: Params) -> Params:
+    """A single model's tensors as an ensemble of one: `{name: (1, ...)}` (views)."""
+    return {name: t.unsqueeze(0) for name, t in tensors.items()}
 
 
 def _flatten_per_example(grads: Params) -> torch.Tensor:
@@ -321,18 +325,9 @@ def per_example_gradients(
     Row i is the flattened gradient of cross-entropy(model(x[i]), y[i]), parameters in the
     dict's order. Memory is B * P numbers: pass one batch, not a whole data set.
     """
-
-    if can_pack(base):  # one packed pass, no torch.func (strategies.example_gradients)
-        stacked = {name: p.unsqueeze(0) for name, p in params.items()}
-        grads = example_gradients(base, stacked, x.unsqueeze(0), y.unsqueeze(0))
-        return _flatten_per_example({name: g[0] for name, g in grads.items()})
-
-    def single(p: Params, xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
-        logits = functional_call(base, (p, buffers), (xi.unsqueeze(0),))
-        return F.cross_entropy(logits, yi.unsqueeze(0))
-
-    grads = vmap(grad(single), in_dims=(None, 0, 0))(params, x, y)
-    return _flatten_per_example(grads)
+    # As a one-member ensemble (strategies.example_gradients: one packed pass, no torch.func).
+    grads = example_gradients(base, _one_member(params), _one_member(buffers), x.unsqueeze(0), y.unsqueeze(0))
+    return _flatten_per_example({name: g[0] for name, g in grads.items()})
 
 
 def competition_ratio(per_example: torch.Tensor) -> float:

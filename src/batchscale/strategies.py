@@ -21,7 +21,7 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, grad_and_value, vmap
+from torch.func import functional_call, grad, grad_and_value, vmap
 
 from batchscale import packed
 from batchscale.model_traits import can_pack, is_random
@@ -110,16 +110,26 @@ class Packed:
                           for g in self._groups()])  # fmt: skip
 
 
-def example_gradients(base: nn.Module, params: Params, x: torch.Tensor, y: torch.Tensor) -> Params:
-    """Each member's gradient of its loss on each of its examples alone, for a model with a
-    packed form: params stacked (M, ...), x (M, E, ...), y (M, E) -> {name: (M, E, ...)}.
+def example_gradients(
+    base: nn.Module, params: Params, buffers: Params, x: torch.Tensor, y: torch.Tensor
+) -> Params:
+    """Each member's gradient of its loss on each of its examples alone: params and buffers
+    stacked (M, ...), x (M, E, ...), y (M, E) -> {name: (M, E, ...)}. Pass `base` in eval mode:
+    one example has no batch statistics.
 
-    Every (member, example) pair becomes a member of one packed model with a batch of one, so
-    this is one packed forward and backward pass of plain autograd. `vmap(grad(...))` gives
-    the same numbers to float rounding, but torch.func's first `grad` call imports
+    For a model with a packed form every (member, example) pair becomes a member of one packed
+    model with a batch of one: one forward and backward pass of plain autograd. `vmap(grad(...))`
+    gives the same numbers to float rounding, but torch.func's first `grad` call imports
     torch._dynamo, about 2 s in every process that calls it (docs/decisions.md, "Per-example
-    gradients and the Hessian without torch.func").
+    gradients and the Hessian without torch.func"). A model without a packed form (BatchNorm's
+    buffers, Dropout) keeps it.
     """
+    if not can_pack(base):
+
+        def example_loss(p, b, xi, yi):
+            return member_loss(base, p, b, xi.unsqueeze(0), yi.unsqueeze(0))
+
+        return vmap(vmap(grad(example_loss), in_dims=(None, None, 0, 0)))(params, buffers, x, y)
     members, examples = y.shape
     pairs = members * examples
     expanded = {
@@ -250,9 +260,6 @@ def choose(
 def describe(name: str, group: int, members: int) -> str:
     """A strategy as summary.json, jobs.csv and the bench name it: packed in groups says so."""
     return f"packed in groups of {group}" if name == "packed" and group < members else name
-
-
-
 
 
 def widest_activation(model: nn.Module, example: torch.Tensor) -> int:
